@@ -1,0 +1,208 @@
+"""Plugin settings: frozen dataclasses, ``key=value`` overrides and content hashes.
+
+Every attack, victim and dataset declares its settings as a frozen dataclass whose
+defaults are the paper's. A user writes a *spec* on the command line::
+
+    uad                                  # defaults
+    uad:deform_epochs=10,warp_size=2     # overrides
+    tap:eps=4/255,taps=[2,3]             # fractions and lists are understood
+
+and :func:`build_config` turns the overrides into a validated config instance, with a
+did-you-mean error for an unknown key. :func:`config_hash` names cached outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from fractions import Fraction
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+from .errors import ConfigError, UnknownNameError
+
+C = TypeVar("C")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A parsed ``name:key=value,…`` string."""
+
+    name: str
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.overrides:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.overrides)
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets, so ``taps=[3,4],eps=8/255`` has two parts."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_spec(text: str) -> Spec:
+    """Parse ``name[:k=v,k=v]``. A name may itself contain ``:`` (``hf:facebook/sam``):
+    the options start after the last ``:`` that is followed by ``key=``."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty plugin name")
+    name, opts = text, ""
+    idx = text.rfind(":")
+    while idx > 0:
+        tail = text[idx + 1 :]
+        if "=" in tail.split(",")[0]:
+            name, opts = text[:idx], tail
+            break
+        idx = text.rfind(":", 0, idx)
+    overrides = []
+    for part in _split_top_level(opts):
+        if "=" not in part:
+            raise ConfigError(f"bad option {part!r} in {text!r}: write key=value")
+        k, v = part.split("=", 1)
+        overrides.append((k.strip(), v.strip()))
+    return Spec(name=name.strip(), overrides=tuple(overrides))
+
+
+def split_specs(text: str) -> list[str]:
+    """Split ``uad,aa:eps=4/255,tap`` into specs: a comma starts a new spec only when
+    what follows is not a ``key=value`` option of the previous one."""
+    out: list[str] = []
+    for part in _split_top_level(text):
+        if out and "=" in part.split(":")[0] and ":" in out[-1]:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
+
+
+# ----------------------------------------------------------------------------- values
+def _parse_scalar(raw: str, typ: Any, key: str) -> Any:
+    raw = raw.strip()
+    if typ is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {key}={raw!r}: expected true or false")
+    if typ is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"option {key}={raw!r}: expected an integer") from None
+    if typ is float:
+        try:
+            return float(Fraction(raw)) if "/" in raw else float(raw)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"option {key}={raw!r}: expected a number such as 0.5 or 8/255") from None
+    if typ is str or typ is Any:
+        return raw
+    raise ConfigError(f"option {key}: unsupported type {typ!r}")  # pragma: no cover
+
+
+def parse_value(raw: Any, typ: Any, key: str) -> Any:
+    """Convert a string (or JSON value) to the dataclass field type ``typ``."""
+    origin = get_origin(typ)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(typ) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        return parse_value(raw, args[0], key)
+    if typ is typing.Any:
+        return raw
+    if origin in (tuple, list):
+        args = get_args(typ)
+        elem = args[0] if args else str
+        if isinstance(raw, str):
+            body = raw.strip()
+            if body.startswith(("[", "(")) and body.endswith(("]", ")")):
+                body = body[1:-1]
+            items = [p for p in _split_top_level(body, ",")] if body else []
+            items = [p for part in items for p in part.split("|")]
+        else:
+            items = list(raw)
+        return tuple(parse_value(i, elem, key) for i in items)
+    if not isinstance(raw, str):
+        if typ is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, typ):
+            return raw
+        raw = str(raw)
+    return _parse_scalar(raw, typ, key)
+
+
+def build_config(cls: type[C], overrides: dict[str, Any] | tuple | None = None, owner: str = "") -> C:
+    """Instantiate the frozen dataclass ``cls`` with string or typed overrides.
+
+    Unknown keys get a did-you-mean error naming the valid ones.
+    """
+    items = dict(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in items.items():
+        if k not in fields:
+            err = UnknownNameError(f"option of {owner or cls.__name__}", k, sorted(fields))
+            raise ConfigError(str(err).split(" (see")[0] + ".")
+        kwargs[k] = parse_value(v, hints[k], k)
+    try:
+        cfg = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad options for {owner or cls.__name__}: {exc}") from None
+    return cfg
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-safe dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_hash(kind: str, name: str, cfg: Any) -> str:
+    """Stable 12-hex-digit hash of (kind, canonical name, settings)."""
+    payload = json.dumps({"kind": kind, "name": name, "config": config_dict(cfg)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def changed_fields(cfg: Any) -> dict[str, Any]:
+    """Fields whose value differs from the class default, in declaration order."""
+    out = {}
+    default = type(cfg)()
+    for f in dataclasses.fields(cfg):
+        if getattr(cfg, f.name) != getattr(default, f.name):
+            out[f.name] = getattr(cfg, f.name)
+    return out
+
+
+def format_value(v: Any) -> str:
+    if isinstance(v, float):
+        frac = Fraction(v).limit_denominator(1000)
+        if frac.denominator in (255,) and abs(float(frac) - v) < 1e-12:
+            return f"{frac.numerator}/{frac.denominator}"
+        return f"{v:g}"
+    if isinstance(v, (tuple, list)):
+        return "[" + ",".join(format_value(x) for x in v) + "]"
+    return str(v)
+
+
+def label(name: str, cfg: Any) -> str:
+    """Display name of a configured plugin: ``uad`` or ``uad[eps=4/255]``."""
+    changed = changed_fields(cfg)
+    if not changed:
+        return name
+    return name + "[" + ",".join(f"{k}={format_value(v)}" for k, v in changed.items()) + "]"

@@ -1,0 +1,54 @@
+"""The result row schema: one row per (sample, attack, victim, prompt).
+
+Rows are records; every table, plot and test reads them and never reruns a model.
+Clean rows have ``attack == "clean"`` and ``attack_hash == ""``.
+
+Columns
+-------
+dataset       str    dataset label (``samples``, ``sa1b[root=…]`` …)
+sample_id     str    sample id within the dataset
+attack        str    attack label: ``clean``, ``uad``, ``uad[eps=4/255]`` …
+attack_name   str    registry id of the attack (``clean`` for clean rows)
+attack_hash   str    content hash of the attack config ("" for clean)
+eps           float  L∞ budget of the attack in [0, 1] (0 for clean)
+surrogate     str    surrogate victim id ("" for clean)
+victim        str    victim id
+prompt_index  int    index of the prompt within the image's PromptSet
+prompt_kind   str    ``point`` or ``box``
+mask_index    int    GT mask (or anchor) the prompt was drawn for
+x0, y0, x1, y1 float prompt coordinates in image pixels (points: x1 = y1 = NaN)
+reference     str    ``gt`` (ground-truth mask) or ``clean`` (victim's clean prediction)
+iou           float  IoU in % between the victim's mask and the reference mask
+seconds       float  wall time of the victim's prediction for the whole image
+seed          int    run seed
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("sample_id", pa.string()),
+        ("attack", pa.string()),
+        ("attack_name", pa.string()),
+        ("attack_hash", pa.string()),
+        ("eps", pa.float64()),
+        ("surrogate", pa.string()),
+        ("victim", pa.string()),
+        ("prompt_index", pa.int64()),
+        ("prompt_kind", pa.string()),
+        ("mask_index", pa.int64()),
+        ("x0", pa.float64()),
+        ("y0", pa.float64()),
+        ("x1", pa.float64()),
+        ("y1", pa.float64()),
+        ("reference", pa.string()),
+        ("iou", pa.float64()),
+        ("seconds", pa.float64()),
+        ("seed", pa.int64()),
+    ]
+)
+COLUMNS = [f.name for f in ROW_SCHEMA]
+CLEAN = "clean"

@@ -1,0 +1,149 @@
+"""Victim base class: one promptable segmenter behind one interface.
+
+A backend writes three things: how to load its model (:meth:`Victim.build`), how to
+embed one uint8 image with the model's own preprocessing (:meth:`Victim.embed`), and
+how to decode a batch of prompts against that embedding (:meth:`Victim.decode`). The
+base owns the uint8 boundary, prompt batching and the output format.
+
+A victim that can serve as a **surrogate** (``is_surrogate = True``) also implements
+:meth:`Victim.features` — a differentiable path from a float image in [0, 1] at the
+image's own resolution to the outputs of named encoder blocks, running only up to the
+deepest block asked for — and :meth:`Victim.mask_logits` for prompt-level attacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..eval.prompts import PromptSet
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsStatus:
+    """Whether a victim's weights are available, and where (or why not)."""
+
+    found: bool
+    where: str  # the file or directory found, or "" when not found
+    detail: str = ""  # why not / where it looked
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Directories searched for checkpoint files, in order."""
+    dirs = []
+    env = os.environ.get("UADBENCH_CHECKPOINTS")
+    if env:
+        dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uadbench" / "checkpoints"
+    dirs.append(cache)
+    return dirs
+
+
+@dataclasses.dataclass(frozen=True)
+class VictimConfig:
+    """Settings every victim has. ``checkpoint``: explicit weights path (overrides search).
+    ``prompt_batch``: prompts per decoder call."""
+
+    checkpoint: str | None = None
+    prompt_batch: int = 128
+
+
+class Victim(ABC):
+    """A promptable segmentation model.
+
+    ``predict(image, prompts)`` takes an RGB uint8 image (H, W, 3) and a
+    :class:`PromptSet` of P prompts (points XY and boxes XYXY in image pixels) and
+    returns P single-mask predictions, bool (P, H, W).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = VictimConfig
+    is_surrogate: ClassVar[bool] = False
+    #: a short note printed with results (e.g. "untrained, seeded weights")
+    note: ClassVar[str] = ""
+
+    def __init__(self, config: Any = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.config = config if config is not None else self.Config()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._model: torch.nn.Module | None = None
+
+    # ------------------------------------------------------------------ weights
+    @classmethod
+    def weights_status(cls, config: Any) -> WeightsStatus:
+        """Where the weights are. Must not load them. Default: built in code."""
+        return WeightsStatus(True, "built in code")
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            m = self.build()
+            m.eval().requires_grad_(False)
+            self._model = m.to(device=self.device, dtype=self.dtype)
+        return self._model
+
+    @abstractmethod
+    def build(self) -> torch.nn.Module:
+        """Construct the model and load its weights (raise MissingCheckpointError)."""
+
+    # ------------------------------------------------------------------ prediction
+    @abstractmethod
+    def embed(self, image: np.ndarray) -> Any:
+        """Model-specific state for one RGB uint8 image (e.g. encoder embeddings)."""
+
+    @abstractmethod
+    def decode(self, state: Any, prompts: PromptSet, hw: tuple[int, int]) -> torch.Tensor:
+        """Masks for a batch of prompts: bool tensor (P, H, W) at the image's size."""
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, prompts: PromptSet) -> np.ndarray:
+        """One mask per prompt: bool array (P, H, W). ``image`` is RGB uint8 (H, W, 3)."""
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            raise DataError(
+                f"victim {self.name}: image must be an RGB uint8 array (H, W, 3), got "
+                f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+            )
+        h, w = image.shape[:2]
+        out = np.zeros((len(prompts), h, w), dtype=bool)
+        if len(prompts) == 0:
+            return out
+        state = self.embed(image)
+        step = max(1, int(self.config.prompt_batch))
+        for start in range(0, len(prompts), step):
+            idx = np.arange(start, min(start + step, len(prompts)))
+            masks = self.decode(state, prompts.subset(idx), (h, w))
+            out[idx] = masks.cpu().numpy().astype(bool)
+        return out
+
+    # ------------------------------------------------------------------ surrogate
+    @property
+    def num_blocks(self) -> int:
+        raise NotImplementedError(f"victim {self.name} cannot serve as a surrogate")
+
+    def default_taps(self) -> tuple[int, ...]:
+        """Blocks from 1/4 to 7/12 of the depth (3..6 for a 12-block ViT), 0-based."""
+        n = self.num_blocks
+        lo, hi = n // 4, (7 * n) // 12 - 1
+        return tuple(range(lo, max(lo, hi) + 1))
+
+    def features(self, x: torch.Tensor, taps: Sequence[int]) -> list[torch.Tensor]:
+        """Encoder block outputs at ``taps`` for float images ``x`` (B, 3, H, W) in [0, 1].
+
+        Differentiable in ``x``; runs the encoder only up to ``max(taps)``.
+        """
+        raise NotImplementedError(f"victim {self.name} cannot serve as a surrogate")
+
+    def mask_logits(self, x: torch.Tensor, prompts: Sequence[PromptSet]) -> list[torch.Tensor]:
+        """Low-resolution mask logits per image: list of (P_i, h, w) tensors, differentiable in x."""
+        raise NotImplementedError(f"victim {self.name} has no differentiable mask path")
+
+    def describe(self) -> str:
+        return self.name + (f" ({self.note})" if self.note else "")
