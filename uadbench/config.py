@@ -110,7 +110,9 @@ def _parse_scalar(raw: str, typ: Any, key: str) -> Any:
         try:
             return float(Fraction(raw)) if "/" in raw else float(raw)
         except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"option {key}={raw!r}: expected a number such as 0.5 or 8/255") from None
+            raise ConfigError(
+                f"option {key}={raw!r}: expected a number such as 0.5 or 8/255"
+            ) from None
     if typ is str or typ is Any:
         return raw
     raise ConfigError(f"option {key}: unsupported type {typ!r}")  # pragma: no cover
@@ -147,7 +149,9 @@ def parse_value(raw: Any, typ: Any, key: str) -> Any:
     return _parse_scalar(raw, typ, key)
 
 
-def build_config(cls: type[C], overrides: dict[str, Any] | tuple | None = None, owner: str = "") -> C:
+def build_config(
+    cls: type[C], overrides: dict[str, Any] | tuple | None = None, owner: str = ""
+) -> C:
     """Instantiate the frozen dataclass ``cls`` with string or typed overrides.
 
     Unknown keys get a did-you-mean error naming the valid ones.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from .errors import UnknownNameError, UadbenchError
+from .errors import UadbenchError, UnknownNameError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ class Registry(Generic[T]):
 
             return deco
         key = name.lower()
-        entry = Entry(name=name, target=target, aliases=tuple(aliases), info=dict(info), source=source)
+        entry = Entry(
+            name=name, target=target, aliases=tuple(aliases), info=dict(info), source=source
+        )
         if key.endswith(":"):
             if key in self._prefixes:
                 raise UadbenchError(f"{self.kind} prefix {name!r} is registered twice")
@@ -122,7 +124,9 @@ class Registry(Generic[T]):
         self._discovered = True
         for ep in metadata.entry_points(group=self.group):
             if ep.name.lower() in self._entries or ep.name.lower() in self._aliases:
-                log.warning("%s plugin %r from %s shadows nothing: name taken", self.kind, ep.name, ep.value)
+                log.warning(
+                    "%s plugin %r from %s shadows nothing: name taken", self.kind, ep.name, ep.value
+                )
                 continue
             dist = getattr(getattr(ep, "dist", None), "name", None) or "entry point"
             self.register(ep.name, ep.value, source=dist)

@@ -128,7 +128,9 @@ class Attack(ABC):
                 on_step(i, x_adv)
         return x_adv.detach()
 
-    def __call__(self, images: Sequence[np.ndarray], surrogate: Any, ctx: AttackContext) -> list[np.ndarray]:
+    def __call__(
+        self, images: Sequence[np.ndarray], surrogate: Any, ctx: AttackContext
+    ) -> list[np.ndarray]:
         sizes = {im.shape for im in images}
         if len(sizes) != 1:
             raise ValueError(f"attack batch must hold images of one size, got {sorted(sizes)}")

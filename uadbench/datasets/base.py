@@ -40,7 +40,9 @@ class Sample:
         where = self.source or self.id
         img = self.image
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise DataError(f"{where}: image must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}")
+            raise DataError(
+                f"{where}: image must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}"
+            )
         h, w = self.hw
         if self.masks is not None:
             if self.masks.ndim != 3 or self.masks.shape[1:] != (h, w):

@@ -97,7 +97,9 @@ class PromptSet:
         )
 
 
-def prompt_rng(dataset: str, sample_id: str, seed: int, salt: str = "prompts") -> np.random.Generator:
+def prompt_rng(
+    dataset: str, sample_id: str, seed: int, salt: str = "prompts"
+) -> np.random.Generator:
     """A generator seeded from (dataset, sample id, seed): stable across processes."""
     digest = hashlib.sha256(f"{salt}|{dataset}|{sample_id}|{seed}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
@@ -146,7 +148,9 @@ def sample_prompts(
                 coords.append([float(xs[j]), float(ys[j]), np.nan, np.nan])
                 mindex.append(mi)
             box = boxes[mi] if boxes is not None else mask_box(masks[mi])
-            for b in _jitter_boxes(np.asarray(box, float), cfg.boxes_per_mask, cfg.box_jitter, w, h, rng):
+            for b in _jitter_boxes(
+                np.asarray(box, float), cfg.boxes_per_mask, cfg.box_jitter, w, h, rng
+            ):
                 kinds.append(BOX)
                 coords.append(b.tolist())
                 mindex.append(mi)
@@ -158,7 +162,12 @@ def sample_prompts(
             for _ in range(cfg.points_per_mask):
                 kinds.append(POINT)
                 coords.append(
-                    [cx + rng.uniform(-bw / 4, bw / 4), cy + rng.uniform(-bh / 4, bh / 4), np.nan, np.nan]
+                    [
+                        cx + rng.uniform(-bw / 4, bw / 4),
+                        cy + rng.uniform(-bh / 4, bh / 4),
+                        np.nan,
+                        np.nan,
+                    ]
                 )
                 mindex.append(mi)
             anchor = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])

@@ -39,7 +39,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+    )
 
 
 def write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -54,10 +56,14 @@ def load_rows(run_dir: str | Path) -> pd.DataFrame:
     """All result rows of a run directory as one DataFrame with :data:`COLUMNS`."""
     run_dir = Path(run_dir)
     if not (run_dir / MANIFEST).exists():
-        raise RunDirError(f"{run_dir} is not a uadbench run directory (no {MANIFEST}); pass the --out of a run")
+        raise RunDirError(
+            f"{run_dir} is not a uadbench run directory (no {MANIFEST}); pass the --out of a run"
+        )
     shards = sorted((run_dir / ROWS).glob("**/*.parquet"))
     if not shards:
-        return pd.DataFrame({c: pd.Series(dtype=ROW_SCHEMA.field(c).type.to_pandas_dtype()) for c in COLUMNS})
+        return pd.DataFrame(
+            {c: pd.Series(dtype=ROW_SCHEMA.field(c).type.to_pandas_dtype()) for c in COLUMNS}
+        )
     tables = [pq.read_table(p, schema=ROW_SCHEMA) for p in shards]
     return pa.concat_tables(tables).to_pandas()
 
@@ -65,5 +71,38 @@ def load_rows(run_dir: str | Path) -> pd.DataFrame:
 def load_manifest(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST
     if not path.exists():
-        raise RunDirError(f"{run_dir} is not a uadbench run directory (no {MANIFEST}); pass the --out of a run")
+        raise RunDirError(
+            f"{run_dir} is not a uadbench run directory (no {MANIFEST}); pass the --out of a run"
+        )
     return json.loads(path.read_text())
+
+
+def _safe(part: str) -> str:
+    """A path component for an id: keeps letters, digits and ``-_.+[]=``; '/' → '__'."""
+    out = part.replace("/", "__").replace("\\", "__")
+    return "".join(c if (c.isalnum() or c in "-_.+[]=@") else "_" for c in out) or "_"
+
+
+def adv_path(
+    run_dir: str | Path,
+    attack_name: str,
+    attack_hash: str,
+    surrogate: str,
+    sample_id: str,
+    seed: int = 0,
+) -> Path:
+    """Where the adversarial PNG of (attack config, surrogate, seed, sample) is cached."""
+    return (
+        Path(run_dir)
+        / ADV
+        / f"{_safe(attack_name)}-{attack_hash}"
+        / _safe(surrogate)
+        / f"seed{seed}"
+        / f"{_safe(sample_id)}.png"
+    )
+
+
+def shard_path(run_dir: str | Path, victim: str, attack_key: str, sample_id: str) -> Path:
+    """Row shard of one evaluation job (victim × attack config × sample); ``attack_key`` is
+    ``clean`` or ``<attack_name>-<hash>``."""
+    return Path(run_dir) / ROWS / _safe(victim) / _safe(attack_key) / f"{_safe(sample_id)}.parquet"

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, MissingCheckpointError
 from ..eval.prompts import PromptSet
 
 
@@ -33,7 +33,18 @@ class WeightsStatus:
 
     found: bool
     where: str  # the file or directory found, or "" when not found
-    detail: str = ""  # why not / where it looked
+    detail: str = ""  # why not / where it looked ("; "-separated places)
+
+    def require(self, name: str) -> Path:
+        """The found path, or a :class:`MissingCheckpointError` saying where we looked."""
+        if not self.found:
+            raise MissingCheckpointError(
+                name,
+                self.detail.split("; ") if self.detail else [],
+                f"Get it with `uadbench download {name}` on a machine with network, or pass "
+                f"--victims {name}:checkpoint=PATH, or put the file in $UADBENCH_CHECKPOINTS.",
+            )
+        return Path(self.where)
 
 
 def checkpoint_dirs() -> list[Path]:
@@ -42,7 +53,9 @@ def checkpoint_dirs() -> list[Path]:
     env = os.environ.get("UADBENCH_CHECKPOINTS")
     if env:
         dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uadbench" / "checkpoints"
+    cache = (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uadbench" / "checkpoints"
+    )
     dirs.append(cache)
     return dirs
 
@@ -70,7 +83,12 @@ class Victim(ABC):
     #: a short note printed with results (e.g. "untrained, seeded weights")
     note: ClassVar[str] = ""
 
-    def __init__(self, config: Any = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         self.config = config if config is not None else self.Config()
         self.device = torch.device(device)
         self.dtype = dtype
@@ -106,7 +124,12 @@ class Victim(ABC):
     @torch.no_grad()
     def predict(self, image: np.ndarray, prompts: PromptSet) -> np.ndarray:
         """One mask per prompt: bool array (P, H, W). ``image`` is RGB uint8 (H, W, 3)."""
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        if not (
+            isinstance(image, np.ndarray)
+            and image.dtype == np.uint8
+            and image.ndim == 3
+            and image.shape[2] == 3
+        ):
             raise DataError(
                 f"victim {self.name}: image must be an RGB uint8 array (H, W, 3), got "
                 f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"

@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The main job on the embedded default: UAD against every victim present (offline: the tiny zoo).
+demo: $(BIN)/.installed
+	$(BIN)/uadbench run --attack uad --victims all --out results/demo
+
+# Lint, format check and the whole test suite (benchmarks run once each, as tests).
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+# Speed benchmarks with their ratio targets asserted.
+bench: $(BIN)/.installed
+	UADBENCH_BENCH=1 $(BIN)/pytest tests/benchmarks --benchmark-enable -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -1,0 +1,223 @@
+"""End-to-end runs of the engine: resume after SIGKILL, failures, locks, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from uadbench import api
+from uadbench.errors import ConfigError, MissingCheckpointError, RunDirError, UnknownNameError
+from uadbench.store.lock import RunLock
+from uadbench.store.rundir import load_manifest, load_rows
+
+TINY = "seeded-sam-tiny"
+KEY = ["sample_id", "attack", "victim", "prompt_index"]
+
+
+def _cli(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "uadbench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        **kw,
+    )
+
+
+def _files(run_dir: Path) -> dict[str, int]:
+    out = {}
+    for p in list(run_dir.glob("adv/**/*.png")) + list(run_dir.glob("rows/**/*.parquet")):
+        st = p.stat()
+        out[str(p)] = st.st_mtime_ns
+    return out
+
+
+def test_run_writes_rows_manifest_and_images(tmp_path):
+    res = api.run(
+        attacks="feature-pgd:steps=5", victims=TINY, limit=2, out=tmp_path / "r", progress=False
+    )
+    assert res.ok
+    rows = load_rows(res.run_dir)
+    assert set(rows.attack) == {"clean", "feature-pgd[steps=5]"}
+    assert len(rows) == 2 * 2 * 80 and not rows.duplicated(KEY).any()
+    # no GT in `samples`: reference = the victim's clean prediction, so clean IoU is 100
+    assert (rows[rows.attack == "clean"].iou == 100).all()
+    assert (rows.reference == "clean").all()
+    man = load_manifest(res.run_dir)
+    assert man["identity"]["seed"] == 0 and man["attacks"][0]["name"] == "feature-pgd"
+    assert man["versions"]["torch"]
+    pngs = sorted(res.run_dir.glob("adv/**/*.png"))
+    assert len(pngs) == 2
+    # the cached image respects the budget exactly
+    from uadbench.datasets.samples import Samples
+
+    ds = Samples()
+    for p in pngs:
+        adv = np.asarray(Image.open(p)).astype(int)
+        clean = ds.load(p.stem).image.astype(int)
+        assert adv.shape == clean.shape
+        assert np.abs(adv - clean).max() == 8  # 8/255 budget, reached by PGD
+    # rerun: everything is cached, nothing is recomputed
+    before = _files(res.run_dir)
+    res2 = api.run(
+        attacks="feature-pgd:steps=5", victims=TINY, limit=2, out=tmp_path / "r", progress=False
+    )
+    assert res2.summary.attack_done == 0 and res2.summary.eval_done == 0
+    assert _files(res.run_dir) == before
+
+
+@pytest.mark.parametrize("kill_when", ["attack", "eval"])
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kill_when):
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "--attack",
+        "feature-pgd:steps=6",
+        "--victims",
+        TINY,
+        "--limit",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uadbench.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    pattern = "adv/**/*.png" if kill_when == "attack" else "rows/**/feature-pgd-*/*.parquet"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(out.glob(pattern)):
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = _files(out)
+    assert finished, "the killed run left no finished job"
+    assert (out / ".lock").exists()  # stale lock of the dead process: must not block the resume
+    again = _cli(*args)
+    assert again.returncode == 0, again.stderr
+    rows = load_rows(out)
+    assert len(rows) == 4 * 2 * 80
+    assert not rows.duplicated(KEY).any()
+    after = _files(out)
+    for path, mtime in finished.items():
+        assert after[path] == mtime, f"finished job redone: {path}"
+    assert not list(out.glob("**/*.tmp"))
+    assert not (out / ".lock").exists()
+
+
+def test_failed_job_is_recorded_rest_kept_exit_nonzero(tmp_path):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(data / f"ok{i}.png")
+    good = data / "ok0.png"
+    (data / "broken.jpg").write_bytes(good.read_bytes()[:200])  # truncated file
+    out = tmp_path / "run"
+    r = _cli(
+        "run",
+        "--attack",
+        "feature-pgd:steps=2",
+        "--victims",
+        TINY,
+        "--dataset",
+        f"folder:root={data}",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert r.returncode == 1
+    assert "failed" in r.stderr and "failures.jsonl" in r.stderr
+    fails = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert fails and all("broken.jpg" in f["key"]["sample"] for f in fails)
+    assert "broken.jpg" in fails[0]["error"]
+    rows = load_rows(out)
+    assert set(rows.sample_id) == {"ok0.png", "ok1.png"}  # the good images' rows are all there
+    assert len(rows) == 2 * 2 * 80
+
+
+def test_incompatible_run_dir_is_refused(tmp_path):
+    out = tmp_path / "r"
+    api.run(attacks="feature-pgd:steps=1", victims=TINY, limit=1, out=out, progress=False)
+    with pytest.raises(RunDirError, match="incompatible config.*seed"):
+        api.run(
+            attacks="feature-pgd:steps=1", victims=TINY, limit=1, out=out, seed=1, progress=False
+        )
+    # adding an attack to the same run directory is fine and reuses the clean rows
+    res = api.run(attacks="feature-pgd:steps=2", victims=TINY, limit=1, out=out, progress=False)
+    assert res.summary.eval_skipped == 1 and res.summary.eval_done == 1
+    assert set(load_rows(out).attack) == {"clean", "feature-pgd[steps=1]", "feature-pgd[steps=2]"}
+
+
+def test_concurrent_run_is_refused(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import socket
+
+        (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid}))
+        with pytest.raises(RunDirError, match="in use by another run"):
+            RunLock(out).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with RunLock(out):  # its owner is dead: stale, taken over
+        pass
+
+
+def test_bad_names_and_options_fail_before_loading(tmp_path):
+    with pytest.raises(UnknownNameError, match="Did you mean 'feature-pgd'"):
+        api.plan(attacks="featur-pgd", victims=TINY)
+    with pytest.raises(UnknownNameError, match="unknown victim"):
+        api.plan(attacks="feature-pgd", victims="sam-vit-z")
+    with pytest.raises(UnknownNameError, match="unknown dataset"):
+        api.plan(attacks="feature-pgd", victims=TINY, dataset="sa1")
+    with pytest.raises(ConfigError, match="Did you mean 'steps'"):
+        api.plan(attacks="feature-pgd:step=3", victims=TINY)
+    with pytest.raises(ConfigError, match="eps"):
+        api.plan(attacks="feature-pgd:eps=2", victims=TINY)
+
+
+def test_missing_checkpoint_says_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("UADBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    with pytest.raises(MissingCheckpointError) as ei:
+        api.plan(attacks="feature-pgd", victims="sam-vit-b")
+    msg = str(ei.value)
+    assert str(tmp_path / "ckpts" / "sam_vit_b_01ec64.pth") in msg
+    assert "uadbench download sam-vit-b" in msg and "\n" not in msg
+    r = _cli("run", "--victims", "sam-vit-b", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "uadbench download" in r.stderr
+    assert not (tmp_path / "x").exists()  # nothing written before the check
+
+
+def test_eps_sweep_gives_one_label_per_budget(tmp_path):
+    spec = api.plan(attacks="feature-pgd", victims=TINY, eps="4,8,16")
+    labels = [a.label for a in spec.attacks]
+    assert labels == ["feature-pgd[eps=4/255]", "feature-pgd", "feature-pgd[eps=16/255]"]
+    assert len({a.hash for a in spec.attacks}) == 3
+
+
+def test_eval_adds_a_victim_without_reattacking(tmp_path):
+    out = tmp_path / "r"
+    api.run(attacks="feature-pgd:steps=2", victims=TINY, limit=1, out=out, progress=False)
+    pngs = _files(out)
+    res = api.evaluate(out, victims=f"{TINY}:seed=1", progress=False)
+    assert res.summary.attack_done == 0
+    rows = load_rows(out)
+    assert set(rows.victim) == {TINY, f"{TINY}[seed=1]"}
+    assert {k: v for k, v in _files(out).items() if k.endswith(".png")} == {
+        k: v for k, v in pngs.items() if k.endswith(".png")
+    }

@@ -1,0 +1,195 @@
+"""The Python API: the same verbs as the ``uadbench`` command.
+
+>>> from uadbench import api
+>>> result = api.run(attacks="feature-pgd", victims="all", limit=2)
+>>> print(api.leaderboard(result.run_dir))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine.local import LocalExecutor, Summary
+from .engine.plan import (
+    RunSpec,
+    check_weights,
+    default_surrogate,
+    expand_attacks,
+    expand_victims,
+    parse_eps_list,
+    resolve,
+)
+from .errors import ConfigError, UadbenchError
+from .store.lock import RunLock
+from .store.manifest import close_manifest, open_manifest
+from .store.rundir import load_manifest, load_rows
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    spec: RunSpec
+    summary: Summary
+
+    @property
+    def ok(self) -> bool:
+        return not self.summary.failures
+
+
+def plan(
+    attacks: str = "feature-pgd",
+    victims: str = "all",
+    dataset: str = "samples",
+    surrogate: str | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    eps: str | list[float] | None = None,
+    strict: bool = False,
+) -> RunSpec:
+    """Resolve names and options into a :class:`RunSpec`; loads no weight and no image."""
+    eps_list = parse_eps_list(eps) if isinstance(eps, str) else eps
+    ds = resolve("dataset", dataset)
+    atk = expand_attacks(attacks, eps_list)
+    vic, skipped = expand_victims(victims, strict=strict)
+    sur = resolve("victim", surrogate or default_surrogate())
+    if not getattr(sur.cls, "is_surrogate", False):
+        raise ConfigError(
+            f"victim {sur.name!r} cannot serve as a surrogate (no differentiable encoder path)"
+        )
+    check_weights([*vic, sur])
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    return RunSpec(ds, atk, vic, sur, seed=seed, limit=limit, skipped_victims=skipped)
+
+
+def run(
+    attacks: str = "feature-pgd",
+    victims: str = "all",
+    dataset: str = "samples",
+    surrogate: str | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    eps: str | list[float] | None = None,
+    batch_size: int = 1,
+    strict: bool = False,
+    progress: bool = True,
+    results_root: str | Path = "results",
+    sample_ids: list[str] | None = None,
+) -> RunResult:
+    """Attack, evaluate and store; rerunning into the same ``out`` resumes.
+
+    Returns the run directory and a summary; ``result.ok`` is False when any job failed
+    (failures are in ``failures.jsonl``).
+    """
+    spec = plan(attacks, victims, dataset, surrogate, seed, limit, eps, strict)
+    spec.sample_ids = sample_ids
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device}: CUDA is not available on this machine; use --device cpu"
+        )
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    run_dir = Path(out) if out else spec.default_out(results_root)
+    with RunLock(run_dir):
+        man = open_manifest(
+            run_dir,
+            spec.identity(),
+            spec.dataset.record(),
+            spec.surrogate.record(),
+            [a.record() for a in spec.attacks],
+            [v.record() for v in spec.victims],
+            seed,
+            device,
+        )
+        ex = LocalExecutor(
+            spec,
+            run_dir,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            dtype=DTYPES[dtype],
+        )
+        try:
+            summary = ex.run()
+        finally:
+            close_manifest(run_dir, man, ex.summary.record(), ex.summary.sample_ids)
+    return RunResult(run_dir, spec, summary)
+
+
+def evaluate(
+    run_dir: str | Path,
+    victims: str,
+    device: str = "cpu",
+    progress: bool = True,
+    strict: bool = False,
+) -> RunResult:
+    """Add victims to an existing run without re-attacking (cached adversarial images)."""
+    man = load_manifest(run_dir)
+    if man.get("kind") != "run":
+        raise UadbenchError(
+            f"{run_dir} is an imported run; victims can only be added to runs made here"
+        )
+    ds = man["dataset"]
+    ds_spec = ds["name"] + (
+        ":" + ",".join(f"{k}={_fmt(v)}" for k, v in ds["config"].items()) if ds["config"] else ""
+    )
+    attacks = ",".join(_spec_of(a) for a in man["attacks"])
+    return run(
+        attacks=attacks,
+        victims=victims,
+        dataset=ds_spec,
+        surrogate=_spec_of(man["surrogate"]),
+        seed=man["seed"],
+        out=run_dir,
+        device=device,
+        progress=progress,
+        strict=strict,
+        sample_ids=man.get("samples") or None,
+    )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ",".join(_fmt(x) for x in v) + "]"
+    return "none" if v is None else str(v)
+
+
+def _spec_of(rec: dict[str, Any]) -> str:
+    cfg = {k: v for k, v in rec["config"].items() if k != "checkpoint" or v}
+    return rec["name"] + (":" + ",".join(f"{k}={_fmt(v)}" for k, v in cfg.items()) if cfg else "")
+
+
+def rows(run_dir: str | Path):
+    """All result rows of a run as a pandas DataFrame (see ``uadbench.store.schema``)."""
+    return load_rows(run_dir)
+
+
+def leaderboard(run_dirs: str | Path | list, fmt: str = "terminal", **kw: Any) -> str:
+    """The leaderboard of one or more runs, rendered as text."""
+    import pandas as pd
+
+    from .report.leaderboard import leaderboard_table, render
+
+    dirs = run_dirs if isinstance(run_dirs, list) else [run_dirs]
+    rows = pd.concat([load_rows(d) for d in dirs], ignore_index=True)
+    metrics = kw.pop("metrics", ("miou", "asr50"))
+    return render(leaderboard_table(rows, **kw), fmt=fmt, metrics=metrics)

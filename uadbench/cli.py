@@ -1,0 +1,264 @@
+"""The ``uadbench`` command: parses arguments and calls :mod:`uadbench.api`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import UadbenchError
+
+RUN_EPILOG = """examples:
+  uadbench run --attack uad --victims all
+  uadbench run --attack uad,aa,tap --victims sam-vit-b,sam-vit-l --dataset sa1b:root=/data/sa_000000 --limit 100
+  uadbench run --attack uad:deform_epochs=10,warp_size=2 --victims all --out results/ablation
+  uadbench run --attack all --victims all --eps 4,8,12,16       # one leaderboard row per budget
+rerunning a command (or any command with the same --out) resumes the run: finished jobs are skipped."""
+
+LS_EPILOG = """examples:
+  uadbench ls attacks
+  uadbench ls victims            # shows whether each victim's weights were found, and where
+  uadbench ls victims 'sam-*'"""
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--attack",
+        "--attacks",
+        dest="attack",
+        default="feature-pgd",
+        help="attack spec(s): NAME[:k=v,...][,NAME...] or 'all' (default: feature-pgd)",
+    )
+    p.add_argument(
+        "--victims",
+        "--victim",
+        dest="victims",
+        default="all",
+        help="victim spec(s) or 'all' = every victim whose weights are present (default: all)",
+    )
+    p.add_argument(
+        "--dataset", default="samples", help="dataset spec NAME[:k=v,...] (default: samples)"
+    )
+    p.add_argument(
+        "--surrogate",
+        default=None,
+        help="victim used by the attacks (default: sam-vit-b if "
+        "its weights are here, else the embedded default)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="first N samples of the dataset")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run directory (default: results/<dataset>-<surrogate>-s<seed>-<hash>)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
+    p.add_argument("--eps", default=None, help="budget sweep in 1/255 units, e.g. 4,8,12,16")
+    p.add_argument("--batch-size", type=int, default=1, help="images per attack step")
+    p.add_argument(
+        "--strict", action="store_true", help="with --victims all: fail if any victim lacks weights"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="accepted for clarity; rerunning always resumes"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--format", default="terminal", help="format of the final leaderboard")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import api
+
+    res = api.run(
+        attacks=args.attack,
+        victims=args.victims,
+        dataset=args.dataset,
+        surrogate=args.surrogate,
+        seed=args.seed,
+        limit=args.limit,
+        out=args.out,
+        device=args.device,
+        dtype=args.dtype,
+        eps=args.eps,
+        batch_size=args.batch_size,
+        strict=args.strict,
+        progress=not args.no_progress,
+    )
+    return _finish(res, args)
+
+
+def _finish(res, args) -> int:
+    from . import api
+
+    spec = res.spec
+    for name, reason in spec.skipped_victims:
+        print(f"skipped victim {name}: {reason}", file=sys.stderr)
+    notes = [
+        f"  {v.label}: {v.cls.note}"
+        for v in [*spec.victims, spec.surrogate]
+        if getattr(v.cls, "note", "")
+    ]
+    print(api.leaderboard(res.run_dir, fmt=args.format))
+    if notes:
+        print("note — models labelled as not trained:\n" + "\n".join(dict.fromkeys(notes)))
+    print(f"run directory: {res.run_dir}")
+    print(res.summary.line())
+    if res.summary.failures:
+        print(
+            f"{len(res.summary.failures)} job(s) failed; see {res.run_dir / 'failures.jsonl'}; "
+            "rerun the same command to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import api
+
+    res = api.evaluate(
+        args.run_dir,
+        args.victims,
+        device=args.device,
+        progress=not args.no_progress,
+        strict=args.strict,
+    )
+    return _finish(res, args)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    if args.what == "attacks":
+        from .attacks import ATTACKS as reg
+    elif args.what == "victims":
+        from .victims import VICTIMS as reg
+    else:
+        from .datasets import DATASETS as reg
+    rows = []
+    for e in reg.entries():
+        if args.pattern and e.name not in reg.names(args.pattern):
+            continue
+        row = [e.name, ", ".join(e.aliases), e.info.get("summary", "")]
+        if args.what == "victims":
+            row[1:1] = list(_weights_cell(e.name))
+        if e.source != "builtin":
+            row[-1] += f" [plugin: {e.source}]"
+        rows.append(row)
+    for prefix in getattr(reg, "_prefixes", {}).values():
+        row = [prefix.name + "<id>", ", ".join(prefix.aliases), prefix.info.get("summary", "")]
+        if args.what == "victims":
+            row[1:1] = ["", ""]
+        rows.append(row)
+    headers = ["name", "aliases", "description"]
+    if args.what == "victims":
+        headers[1:1] = ["weights", "where"]
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    return 0
+
+
+def _weights_cell(name: str) -> tuple[str, str]:
+    from .victims import VICTIMS
+
+    try:
+        cls = VICTIMS.get(name)
+        st = cls.weights_status(cls.Config())
+    except UadbenchError as exc:
+        return "no", str(exc)
+    return ("found", st.where) if st.found else ("missing", f"looked in {st.detail}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="uadbench",
+        description="Benchmark adversarial attacks (UAD, Attack-SAM, feature PGD, ...) against promptable "
+        "segmentation models (the Segment Anything family).",
+        epilog="start with:  uadbench run --attack uad --victims all",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"uadbench {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="attack, evaluate and store a benchmark run",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "eval",
+        help="add victims to an existing run without re-attacking",
+        epilog="example:\n  uadbench eval results/my-run --victims sam-vit-h",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--victims", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--format", default="terminal")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "ls",
+        help="list attacks, victims or datasets",
+        epilog=LS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("what", choices=["attacks", "victims", "datasets"])
+    p.add_argument("pattern", nargs="?", default=None, help="shell wildcard, e.g. 'sam-*'")
+    p.set_defaults(func=cmd_ls)
+
+    for module, fn in (
+        ("uadbench.report.cli", "add_report_commands"),
+        ("uadbench.victims.download", "add_download_command"),
+        ("uadbench.zoo.cli", "add_zoo_commands"),
+    ):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:  # that part of the tool is not installed in this build
+            continue
+        getattr(importlib.import_module(module), fn)(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UadbenchError as exc:
+        print(f"uadbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "uadbench: interrupted; finished jobs are saved — rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The run manifest: what a run directory holds and how it was made."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import RunDirError
+from .rundir import MANIFEST, atomic_write_json, load_manifest
+
+FORMAT = "uadbench-run/1"
+
+
+def _git_revision() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "uadbench": __version__}
+    for pkg in (
+        "torch",
+        "torchvision",
+        "numpy",
+        "segment-anything",
+        "transformers",
+        "timm",
+        "kornia",
+    ):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _merge(records: list[dict], new: list[dict], key: str = "hash") -> list[dict]:
+    have = {r[key] for r in records}
+    return records + [r for r in new if r[key] not in have]
+
+
+def open_manifest(
+    run_dir: Path,
+    identity: dict[str, Any],
+    dataset: dict,
+    surrogate: dict,
+    attacks: list[dict],
+    victims: list[dict],
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    """Create the manifest, or check an existing one is compatible and merge this
+    invocation's attacks and victims into it. Returns the manifest (already written)."""
+    path = Path(run_dir) / MANIFEST
+    inv = {"started": now(), "argv": sys.argv, "host": socket.gethostname(), "device": device}
+    if path.exists():
+        try:
+            man = load_manifest(run_dir)
+        except ValueError as exc:
+            raise RunDirError(
+                f"{path} is not valid JSON ({exc}); move the directory away or pick another --out"
+            ) from None
+        if man.get("format") != FORMAT:
+            raise RunDirError(
+                f"{run_dir} was written by another tool or format ({man.get('format')!r}); use another --out"
+            )
+        old = man.get("identity", {})
+        if old != identity:
+            diff = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+            raise RunDirError(
+                f"{run_dir} was written by an incompatible config ({', '.join(diff)} differ: "
+                f"{', '.join(f'{k}={old.get(k)!r} vs {identity.get(k)!r}' for k in diff)}); "
+                "rerun with the same settings to resume, or pick another --out"
+            )
+        man["attacks"] = _merge(man.get("attacks", []), attacks)
+        man["victims"] = _merge(man.get("victims", []), victims)
+        man.setdefault("invocations", []).append(inv)
+    else:
+        man = {
+            "format": FORMAT,
+            "kind": "run",
+            "pairing": "prompt",
+            "identity": identity,
+            "dataset": dataset,
+            "surrogate": surrogate,
+            "seed": seed,
+            "attacks": attacks,
+            "victims": victims,
+            "created": now(),
+            "versions": _versions(),
+            "git": _git_revision(),
+            "invocations": [inv],
+        }
+    atomic_write_json(path, man)
+    return man
+
+
+def close_manifest(
+    run_dir: Path, man: dict[str, Any], summary: dict[str, Any], sample_ids: list[str] = ()
+) -> None:
+    """Record the invocation's end and summary, and the samples the run now covers."""
+    man["invocations"][-1].update({"ended": now(), **summary})
+    have = man.setdefault("samples", [])
+    man["samples"] = have + [s for s in sample_ids if s not in set(have)]
+    man["updated"] = now()
+    atomic_write_json(Path(run_dir) / MANIFEST, man)

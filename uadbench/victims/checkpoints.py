@@ -1,0 +1,90 @@
+"""Finding and safely loading checkpoint files.
+
+Checkpoints are untrusted input: ``.pth``/``.pt`` files are read with
+``torch.load(weights_only=True)`` (no arbitrary unpickling) and ``.safetensors`` with
+safetensors; a file that needs more than that is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import UadbenchError
+from .base import WeightsStatus, checkpoint_dirs
+
+
+def find_checkpoint(name: str, explicit: str | None, filenames: Sequence[str]) -> WeightsStatus:
+    """Look for a checkpoint: the explicit path, then each checkpoint dir × filename."""
+    searched = []
+    if explicit:
+        p = Path(explicit).expanduser()
+        if p.is_file():
+            return WeightsStatus(True, str(p))
+        return WeightsStatus(False, "", str(p))
+    for d in checkpoint_dirs():
+        for fn in filenames:
+            p = d / fn
+            if p.is_file():
+                return WeightsStatus(True, str(p))
+            searched.append(str(p))
+    return WeightsStatus(False, "", "; ".join(searched))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, without executing any pickled code."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises several types on bad headers
+            raise UadbenchError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UadbenchError(
+            f"{path}: refused to load — the file contains pickled objects other than tensors "
+            f"({first[:160]}); only plain state_dict checkpoints are accepted"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UadbenchError(
+            f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:160]}); re-download it"
+        ) from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise UadbenchError(
+            f"{path}: expected a state_dict (name → tensor), got {type(obj).__name__}"
+        )
+    return obj
+
+
+def load_state_dict_file(model: torch.nn.Module, path: str | Path, name: str) -> None:
+    """Load a checkpoint into ``model`` strictly, with an error that names the mismatch."""
+    sd = read_state_dict(path)
+    missing, unexpected = [], []
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape_bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape_bad:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shape_bad:
+            k = shape_bad[0]
+            parts.append(
+                f"shape mismatch at {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+            )
+        raise UadbenchError(
+            f"{path} does not fit victim {name!r}: {'; '.join(parts)}. Is it the checkpoint of another model size?"
+        )
+    model.load_state_dict(sd, strict=True)
