@@ -1,0 +1,379 @@
+"""Jobs and the workers that run them; shared by every executor.
+
+Two kinds of job, each writing one output atomically so that a run resumes exactly:
+
+* attack job (attack config × sample) → an adversarial PNG in the cache, made on the
+  surrogate by an :class:`AttackWorker`;
+* evaluation job (victim × attack config or ``clean`` × sample) → one Parquet shard of
+  per-prompt rows, made by an :class:`EvalWorker` that holds one loaded victim.
+
+:func:`plan_jobs` lists what is still to do; a job whose output exists is done. A worker
+never raises for a job: it records the failure in ``failures.jsonl`` and returns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import io
+import json
+import logging
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..attacks.base import AttackContext
+from ..errors import DataError, UadbenchError
+from ..eval.metrics import iou
+from ..eval.prompts import PromptSet, sample_prompts
+from ..store.rundir import FAILURES, adv_path, atomic_write_bytes, shard_path, write_shard
+from .plan import CLEAN, Plugin, RunSpec
+
+log = logging.getLogger(__name__)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclasses.dataclass
+class JobResult:
+    """What a worker did for one call: jobs finished and failure records."""
+
+    done: int = 0
+    failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def add(self, other: JobResult) -> None:
+        self.done += other.done
+        self.failures += other.failures
+
+
+@dataclasses.dataclass
+class Plan:
+    """Pending work. ``attacks``: per attack, the sample ids still to attack.
+    ``evals``: per victim label, per sample id, the attacks (None = clean) to evaluate."""
+
+    ids: list[str]
+    attacks: list[tuple[Plugin, list[str]]]
+    evals: list[tuple[Plugin, dict[str, list[Plugin | None]]]]
+    attack_total: int
+    eval_total: int
+
+    @property
+    def attack_pending(self) -> int:
+        return sum(len(s) for _, s in self.attacks)
+
+    @property
+    def eval_pending(self) -> int:
+        return sum(len(a) for _, by in self.evals for a in by.values())
+
+
+class RunData:
+    """Dataset access, prompts and bookkeeping of one run, as seen by a worker."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path):
+        self.spec, self.run_dir = spec, Path(run_dir)
+        self.dataset = spec.dataset.cls(spec.dataset.config)
+        self._samples: dict[str, Any] = {}
+        self._all_ids: list[str] | None = None
+
+    def all_ids(self) -> list[str]:
+        if self._all_ids is None:
+            self._all_ids = list(self.dataset.ids())
+        return self._all_ids
+
+    def ids(self) -> list[str]:
+        """The run's sample ids: explicit ones, else the dataset's first ``limit``."""
+        ids = self.all_ids()
+        if not ids:
+            raise DataError(f"dataset {self.spec.dataset.label} is empty: check its root/pattern")
+        if self.spec.sample_ids is not None:
+            known = set(ids)
+            missing = [i for i in self.spec.sample_ids if i not in known]
+            if missing:
+                raise DataError(
+                    f"dataset {self.spec.dataset.label} no longer has samples {missing[:3]}"
+                )
+            ids = list(self.spec.sample_ids)
+        return ids[: self.spec.limit] if self.spec.limit else ids
+
+    def sample(self, sid: str):
+        if sid not in self._samples:
+            if len(self._samples) >= 32:
+                self._samples.pop(next(iter(self._samples)))
+            self._samples[sid] = self.dataset.load(sid).validate()
+        return self._samples[sid]
+
+    def prompts(self, sid: str) -> PromptSet:
+        s = self.sample(sid)
+        return sample_prompts(
+            self.spec.dataset.label,
+            sid,
+            s.hw,
+            s.masks,
+            s.boxes,
+            self.spec.seed,
+            self.spec.prompt_config,
+        )
+
+    def draw_image(self, rng: np.random.Generator, exclude: str) -> np.ndarray:
+        """A random other image of the dataset (targets and competitors of attacks)."""
+        pool = [i for i in self.all_ids() if i != exclude] or [exclude]
+        return self.dataset.load(pool[int(rng.integers(len(pool)))]).image
+
+    def adv_file(self, attack: Plugin, sid: str) -> Path:
+        return adv_path(
+            self.run_dir, attack.name, attack.hash, self.spec.surrogate.label, sid, self.spec.seed
+        )
+
+    def shard_file(self, victim: Plugin, attack: Plugin | None, sid: str) -> Path:
+        return shard_path(self.run_dir, victim.label, attack.key if attack else CLEAN, sid)
+
+    def fail(self, phase: str, key: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+        """Record a failed job in ``failures.jsonl`` (appends are locked: several
+        workers may share the run directory)."""
+        rec = {
+            "phase": phase,
+            "key": key,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(exc)),
+            "time": time.time(),
+        }
+        with open(self.run_dir / FAILURES, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(json.dumps(rec) + "\n")
+            fcntl.flock(f, fcntl.LOCK_UN)
+        log.error("%s job %s failed: %s", phase, key, rec["error"])
+        return rec
+
+
+def plan_jobs(data: RunData) -> Plan:
+    """Everything still to do for the run (outputs that do not exist yet)."""
+    spec = data.spec
+    ids = data.ids()
+    attacks = []
+    for a in spec.attacks:
+        todo = [sid for sid in ids if not data.adv_file(a, sid).exists()]
+        if todo:
+            attacks.append((a, todo))
+    evals = []
+    for v in spec.victims:
+        by: dict[str, list[Plugin | None]] = defaultdict(list)
+        for sid in ids:
+            for a in [None, *spec.attacks]:
+                if not data.shard_file(v, a, sid).exists():
+                    by[sid].append(a)
+        if by:
+            evals.append((v, dict(by)))
+    n = len(ids)
+    return Plan(
+        ids, attacks, evals, n * len(spec.attacks), n * len(spec.victims) * (1 + len(spec.attacks))
+    )
+
+
+class AttackWorker:
+    """Holds the surrogate; runs attack jobs in batches of same-size images."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        run_dir: Path,
+        device: str = "cpu",
+        dtype=torch.float32,
+        batch_size: int = 1,
+    ):
+        self.data = RunData(spec, run_dir)
+        self.device, self.dtype, self.batch_size = device, dtype, max(1, int(batch_size))
+        self._surrogate = None
+
+    @property
+    def surrogate(self):
+        if self._surrogate is None:
+            s = self.data.spec.surrogate
+            self._surrogate = s.cls(s.config, device=self.device, dtype=self.dtype)
+        return self._surrogate
+
+    def run(self, attack: Plugin, sids: list[str], on_done=None) -> JobResult:
+        """Attack ``sids`` with ``attack``; ``on_done(n)`` is called as jobs finish."""
+        res = JobResult()
+        inst = attack.cls(attack.config)
+        groups: dict[tuple, list[str]] = defaultdict(list)
+        for sid in sids:
+            try:
+                groups[self.data.sample(sid).image.shape].append(sid)
+            except (UadbenchError, OSError) as exc:
+                res.failures.append(
+                    self.data.fail("attack", {"attack": attack.label, "sample": sid}, exc)
+                )
+                on_done and on_done(1)
+        for shape in sorted(groups):
+            group = groups[shape]
+            for start in range(0, len(group), self.batch_size):
+                batch = group[start : start + self.batch_size]
+                res.add(self._batch(inst, attack, batch))
+                on_done and on_done(len(batch))
+        return res
+
+    def _batch(self, inst, attack: Plugin, batch: list[str]) -> JobResult:
+        try:
+            advs = self._attack(inst, batch)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if is_oom(exc) and len(batch) > 1:
+                # out of memory: halve the batch and retry once before recording a failure
+                log.warning("out of memory on a batch of %d; retrying in halves", len(batch))
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                half = len(batch) // 2
+                res = JobResult()
+                for part in (batch[:half], batch[half:]):
+                    try:
+                        self._save(attack, part, self._attack(inst, part))
+                        res.done += len(part)
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc2:  # recorded, reported, exit code non-zero
+                        for sid in part:
+                            res.failures.append(
+                                self.data.fail(
+                                    "attack", {"attack": attack.label, "sample": sid}, exc2
+                                )
+                            )
+                return res
+            return JobResult(
+                0,
+                [
+                    self.data.fail("attack", {"attack": attack.label, "sample": s}, exc)
+                    for s in batch
+                ],
+            )
+        self._save(attack, batch, advs)
+        return JobResult(len(batch))
+
+    def _attack(self, inst, batch: list[str]) -> list[np.ndarray]:
+        ctx = AttackContext(
+            sample_ids=batch,
+            seed=self.data.spec.seed,
+            prompts=[self.data.prompts(s) for s in batch] if inst.uses_prompts else None,
+            draw_image=self.data.draw_image,
+        )
+        return inst([self.data.sample(s).image for s in batch], self.surrogate, ctx)
+
+    def _save(self, attack: Plugin, batch: list[str], advs: list[np.ndarray]) -> None:
+        for sid, adv in zip(batch, advs):
+            save_png(self.data.adv_file(attack, sid), adv)
+
+
+class EvalWorker:
+    """Holds one victim; evaluates the clean and adversarial images of a sample."""
+
+    def __init__(
+        self, spec: RunSpec, run_dir: Path, victim: Plugin, device: str = "cpu", dtype=torch.float32
+    ):
+        self.data = RunData(spec, run_dir)
+        self.victim = victim
+        self.model = victim.cls(victim.config, device=device, dtype=dtype)
+
+    def run(self, sid: str, attacks: list[Plugin | None]) -> JobResult:
+        """Evaluate ``attacks`` (None = clean) on sample ``sid``: one shard each."""
+        res = JobResult()
+        v = self.victim
+
+        def key(a):
+            return {"victim": v.label, "attack": a.label if a else CLEAN, "sample": sid}
+
+        try:
+            sample = self.data.sample(sid)
+            prompts = self.data.prompts(sid)
+            t = time.time()
+            clean_masks = self.model.predict(sample.image, prompts)
+            clean_seconds = time.time() - t
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            res.failures += [self.data.fail("eval", key(a), exc) for a in attacks]
+            return res
+        if sample.has_gt:
+            ref, ref_kind = sample.masks[prompts.mask_index], "gt"
+        else:
+            ref, ref_kind = clean_masks, "clean"
+        for a in attacks:
+            try:
+                if a is None:
+                    masks, secs = clean_masks, clean_seconds
+                else:
+                    adv_file = self.data.adv_file(a, sid)
+                    if not adv_file.exists():
+                        raise UadbenchError(
+                            f"no adversarial image for {a.label} (its attack job failed)"
+                        )
+                    t = time.time()
+                    masks = self.model.predict(load_png(adv_file), prompts)
+                    secs = time.time() - t
+                rows = self._rows(sid, a, prompts, iou(masks, ref), ref_kind, secs)
+                write_shard(self.data.shard_file(v, a, sid), rows)
+                res.done += 1
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                res.failures.append(self.data.fail("eval", key(a), exc))
+        return res
+
+    def _rows(
+        self,
+        sid: str,
+        attack: Plugin | None,
+        prompts: PromptSet,
+        ious: np.ndarray,
+        reference: str,
+        seconds: float,
+    ) -> list[dict[str, Any]]:
+        spec = self.data.spec
+        base = {
+            "dataset": spec.dataset.label,
+            "sample_id": sid,
+            "attack": attack.label if attack else CLEAN,
+            "attack_name": attack.name if attack else CLEAN,
+            "attack_hash": attack.hash if attack else "",
+            "eps": float(attack.config.eps) if attack else 0.0,
+            "surrogate": spec.surrogate.label if attack else "",
+            "victim": self.victim.label,
+            "reference": reference,
+            "seconds": seconds,
+            "seed": spec.seed,
+        }
+        rows = []
+        for i in range(len(prompts)):
+            x0, y0, x1, y1 = (float(c) for c in prompts.coords[i])
+            rows.append(
+                {
+                    **base,
+                    "prompt_index": i,
+                    "prompt_kind": str(prompts.kinds[i]),
+                    "mask_index": int(prompts.mask_index[i]),
+                    "x0": x0,
+                    "y0": y0,
+                    "x1": x1,
+                    "y1": y1,
+                    "iou": float(ious[i]),
+                }
+            )
+        return rows
