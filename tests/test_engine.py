@@ -108,7 +108,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kill_when):
     again = _cli(*args)
     assert again.returncode == 0, again.stderr
     rows = load_rows(out)
-    assert len(rows) == 4 * 2 * 80
+    assert len(rows) == 3 * 2 * 80
     assert not rows.duplicated(KEY).any()
     after = _files(out)
     for path, mtime in finished.items():

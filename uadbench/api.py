@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .engine.local import LocalExecutor, Summary
+from .engine.local import Summary
 from .engine.plan import (
     RunSpec,
     check_weights,
@@ -94,6 +94,9 @@ def run(
     progress: bool = True,
     results_root: str | Path = "results",
     sample_ids: list[str] | None = None,
+    executor: str = "local",
+    retry_failed: bool = False,
+    executor_options: dict[str, Any] | None = None,
 ) -> RunResult:
     """Attack, evaluate and store; rerunning into the same ``out`` resumes.
 
@@ -120,19 +123,44 @@ def run(
             seed,
             device,
         )
-        ex = LocalExecutor(
+        ex = make_executor(executor)(
             spec,
             run_dir,
             device=device,
             batch_size=batch_size,
             progress=progress,
             dtype=DTYPES[dtype],
+            only_failed=retry_failed,
+            **(executor_options or {}),
         )
         try:
             summary = ex.run()
         finally:
             close_manifest(run_dir, man, ex.summary.record(), ex.summary.sample_ids)
     return RunResult(run_dir, spec, summary)
+
+
+EXECUTORS = {
+    "local": "uadbench.engine.local:LocalExecutor",
+    "ray": "uadbench.engine.ray_executor:RayExecutor",
+}
+
+
+def make_executor(name: str):
+    """The executor class for ``--executor NAME``."""
+    import importlib
+
+    if name not in EXECUTORS:
+        from .errors import UnknownNameError
+
+        raise UnknownNameError("executor", name, sorted(EXECUTORS))
+    module, _, attr = EXECUTORS[name].partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as exc:
+        raise UadbenchError(
+            f"--executor {name} needs an optional package ({exc}); pip install 'uadbench[{name}]'"
+        ) from None
 
 
 def evaluate(

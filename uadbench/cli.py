@@ -91,6 +91,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _finish(res, args)
 
 
+def _executor_options(args: argparse.Namespace) -> dict:
+    if args.executor != "ray":
+        if args.ray_address or args.gpus_per_model is not None:
+            from .errors import ConfigError
+
+            raise ConfigError("--ray-address and --gpus-per-model go with --executor ray")
+        return {}
+    return {"address": args.ray_address, "gpus_per_model": args.gpus_per_model}
+
+
 def _finish(res, args) -> int:
     from . import api
 

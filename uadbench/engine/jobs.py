@@ -164,13 +164,39 @@ class RunData:
         return rec
 
 
-def plan_jobs(data: RunData) -> Plan:
-    """Everything still to do for the run (outputs that do not exist yet)."""
+def failed_keys(run_dir: Path) -> set[tuple[str, ...]]:
+    """Keys of the jobs recorded in ``failures.jsonl``: ("attack", label, sample) and
+    ("eval", victim, label, sample)."""
+    path = Path(run_dir) / FAILURES
+    out: set[tuple[str, ...]] = set()
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        k = rec.get("key", {})
+        if rec.get("phase") == "attack":
+            out.add(("attack", k.get("attack"), k.get("sample")))
+        else:
+            out.add(("eval", k.get("victim"), k.get("attack"), k.get("sample")))
+    return out
+
+
+def plan_jobs(data: RunData, only_failed: bool = False) -> Plan:
+    """Everything still to do for the run (outputs that do not exist yet); with
+    ``only_failed``, just the jobs recorded in ``failures.jsonl`` (and the evaluations
+    that wait on a failed attack)."""
     spec = data.spec
     ids = data.ids()
+    failed = failed_keys(data.run_dir) if only_failed else set()
+    failed_attacks = {(k[1], k[2]) for k in failed if k[0] == "attack"}
     attacks = []
     for a in spec.attacks:
         todo = [sid for sid in ids if not data.adv_file(a, sid).exists()]
+        if only_failed:
+            todo = [sid for sid in todo if (a.label, sid) in failed_attacks]
         if todo:
             attacks.append((a, todo))
     evals = []
@@ -178,8 +204,16 @@ def plan_jobs(data: RunData) -> Plan:
         by: dict[str, list[Plugin | None]] = defaultdict(list)
         for sid in ids:
             for a in [None, *spec.attacks]:
-                if not data.shard_file(v, a, sid).exists():
-                    by[sid].append(a)
+                if data.shard_file(v, a, sid).exists():
+                    continue
+                label = a.label if a else CLEAN
+                if (
+                    only_failed
+                    and ("eval", v.label, label, sid) not in failed
+                    and (label, sid) not in failed_attacks
+                ):
+                    continue
+                by[sid].append(a)
         if by:
             evals.append((v, dict(by)))
     n = len(ids)

@@ -62,8 +62,10 @@ class LocalExecutor:
         batch_size: int = 1,
         progress: bool = True,
         dtype: torch.dtype = torch.float32,
+        only_failed: bool = False,
     ):
         self.spec, self.run_dir = spec, Path(run_dir)
+        self.only_failed = only_failed
         self.device, self.dtype, self.batch_size, self.progress = (
             device,
             dtype,
@@ -75,7 +77,7 @@ class LocalExecutor:
     def run(self) -> Summary:
         t0 = time.time()
         data = RunData(self.spec, self.run_dir)
-        plan = plan_jobs(data)
+        plan = plan_jobs(data, only_failed=self.only_failed)
         s = self.summary
         s.sample_ids, s.images = plan.ids, len(plan.ids)
         s.attack_jobs, s.eval_jobs = plan.attack_total, plan.eval_total
