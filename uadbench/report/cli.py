@@ -1,0 +1,300 @@
+"""Report subcommands of the ``uadbench`` command.
+
+:func:`add_report_commands` adds ``leaderboard``, ``compare``, ``check``, ``import``,
+``show``, ``plot`` and ``report`` to the main parser's subparsers; each handler takes
+the parsed args and returns the exit code. User errors raise
+:class:`uadbench.errors.UadbenchError` (the main CLI prints them on one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import UadbenchError
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _victims_arg(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+# ----------------------------------------------------------------------------- handlers
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ..store.rundir import load_manifest, load_rows
+    from .html import manifest_orders
+    from .leaderboard import leaderboard_table, parse_metrics, render
+
+    metrics = parse_metrics(args.metrics)
+    frames, aorder, vorder, kinds = [], [], [], []
+    for run in args.runs:
+        man = load_manifest(run)
+        frames.append(load_rows(run))
+        a, v = manifest_orders(man)
+        aorder += [x for x in a if x not in aorder]
+        vorder += [x for x in v if x not in vorder]
+        kinds.append(str(man.get("kind", "run")))
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if rows.empty:
+        raise UadbenchError(
+            f"no result rows in {', '.join(args.runs)}; has the run finished any job?"
+        )
+    table = leaderboard_table(
+        rows,
+        by_kind=args.by_kind,
+        valid_only=args.valid_only,
+        attack_order=aorder,
+        victim_order=vorder,
+    )
+    title = None
+    if args.format != "csv":
+        title = (
+            "Leaderboard: "
+            + ", ".join(args.runs)
+            + (" (valid prompts only: clean IoU > 50)" if args.valid_only else "")
+        )
+    _emit(render(table, args.format, metrics, title=title), args.out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..store.rundir import load_manifest, load_rows
+    from .stats import compare, render_compare
+
+    man = load_manifest(args.run)
+    table = compare(
+        load_rows(args.run),
+        args.a,
+        args.b,
+        victims=_victims_arg(args.victims),
+        metrics=args.metrics,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        alpha=args.alpha,
+        unit=args.unit,
+        pairing=str(man.get("pairing", "prompt")),
+    )
+    _emit(render_compare(table, args.format, args.alpha), args.out)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import check, render_check
+
+    ok, table = check(args.run, args.baseline, alpha=args.alpha, what=args.what, margin=args.margin)
+    text = render_check(table, args.format)
+    n_reg = int((table["verdict"] == "REGRESSION").sum())
+    what = "attack strength" if args.what == "attack" else "victim robustness"
+    summary = (
+        f"OK: no significant drop in {what} (Holm, alpha={args.alpha})"
+        if ok
+        else f"FAIL: {n_reg} significant drop(s) in {what} (Holm, alpha={args.alpha})"
+    )
+    _emit(text + ("" if args.format == "csv" else summary + "\n"), args.out)
+    if args.out or args.format == "csv":
+        print(summary, file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importers import import_anything_unsegmentable
+
+    out = import_anything_unsegmentable(args.src, args.out)
+    print(f"imported {args.src} into {out}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .panel import show
+
+    path = show(
+        args.run,
+        args.sample,
+        args.attack,
+        args.out,
+        device=args.device,
+        n_prompts=args.prompts,
+        victims=_victims_arg(args.victims),
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_run
+
+    paths = plot_run(args.run, args.out)
+    for p in paths:
+        print(f"wrote {p}")
+    if not paths:
+        print("no rows to plot", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .html import html_report
+
+    path = html_report(args.run, args.out, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha)
+    print(f"wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parsers
+def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the report subcommands to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    fmts = ["terminal", "markdown", "latex", "csv", "html"]
+
+    p = subparsers.add_parser(
+        "leaderboard",
+        help="table of mIoU / ASR per attack and victim",
+        formatter_class=_RAW,
+        description="Rows = attacks (clean first), columns = victims; best attack per column "
+        "marked (* in the terminal, bold elsewhere). CSV is tidy: one line per "
+        "(attack, victim).",
+        epilog="examples:\n"
+        "  uadbench leaderboard results/run1\n"
+        "  uadbench leaderboard results/run1 --format markdown --metrics miou,asr50,asr10\n"
+        "  uadbench leaderboard results/run1 results/au --format latex --out table.tex\n"
+        "  uadbench leaderboard results/run1 --by-kind --valid-only\n"
+        "  uadbench leaderboard results/run1 --format csv --out leaderboard.csv",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (rows are pooled)")
+    p.add_argument("--format", choices=fmts, default="terminal")
+    p.add_argument("--metrics", default="miou,asr50", help="comma list of miou, asr50, asr10")
+    p.add_argument("--by-kind", action="store_true", help="add point-only and box-only lines")
+    p.add_argument(
+        "--valid-only",
+        action="store_true",
+        help="keep prompts whose clean IoU > 50 (needs clean rows)",
+    )
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = subparsers.add_parser(
+        "compare",
+        help="significance of the difference between two attacks",
+        formatter_class=_RAW,
+        description="Per victim: difference in mIoU and ASR@50 with a paired image-level cluster "
+        "bootstrap CI, Wilcoxon signed-rank p on per-image means and Holm-adjusted p. "
+        "delta > 0 means attack A is stronger (mIoU: B - A; ASR: A - B).",
+        epilog="examples:\n"
+        "  uadbench compare results/run1 --a uad --b tap\n"
+        "  uadbench compare results/au --a uad --b pata++ --victims sam-vit-b,sam-vit-h\n"
+        "  uadbench compare results/run1 --a uad --b aa --n-boot 5000 --format markdown",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--a", required=True, help="attack label A")
+    p.add_argument("--b", required=True, help="attack label B")
+    p.add_argument("--victims", nargs="+", help="victims (default: all with rows for both)")
+    p.add_argument("--metrics", default="miou,asr50")
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument(
+        "--unit",
+        choices=["image", "prompt"],
+        default="image",
+        help="resampling unit; 'prompt' treats prompts as independent "
+        "(anti-conservative, diagnostics only)",
+    )
+    p.add_argument("--format", choices=fmts, default="terminal")
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "check",
+        help="fail on a significant regression against a baseline run",
+        formatter_class=_RAW,
+        description="Exit 1 only where attack strength (or, with --what robustness, victim "
+        "robustness) dropped significantly: one-sided image-level tests, Holm-adjusted.",
+        epilog="examples:\n"
+        "  uadbench check results/ci --baseline results/baselines/ci\n"
+        "  uadbench check results/ci --baseline results/baselines/ci --alpha 0.01 --margin 2\n"
+        "  uadbench check results/ci --baseline results/baselines/ci --what robustness",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--baseline", required=True, metavar="DIR", help="baseline run directory")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--what", choices=["attack", "robustness"], default="attack")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="tolerated change in percentage points (default 0)",
+    )
+    p.add_argument("--format", choices=fmts, default="terminal")
+    p.add_argument("--out", help="write the table to this file")
+    p.set_defaults(func=cmd_check)
+
+    p = subparsers.add_parser(
+        "import",
+        help="convert results published by other code into a run directory",
+        formatter_class=_RAW,
+        description="anything-unsegmentable: the per-prompt JSON logs of the UAD reference "
+        "implementation (exp/log/benchmark, one folder per attack).",
+        epilog="examples:\n"
+        "  uadbench import anything-unsegmentable exp/log/benchmark --out results/au\n"
+        "  uadbench leaderboard results/au",
+    )
+    p.add_argument("source", choices=["anything-unsegmentable"])
+    p.add_argument("src", metavar="SRC_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser(
+        "show",
+        help="PNG panel of one sample: images, perturbation, masks",
+        formatter_class=_RAW,
+        description="Clean, adversarial and amplified perturbation, then clean vs adversarial "
+        "masks of a few prompts per victim (victims are re-run on this sample).",
+        epilog="examples:\n"
+        "  uadbench show results/run1 --sample astronaut\n"
+        "  uadbench show results/run1 --sample sa_1 --attack tap --out sa_1_tap.png",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--sample", required=True, metavar="ID")
+    p.add_argument("--attack", help="attack label (default uad, else the first)")
+    p.add_argument("--victims", nargs="+", help="victims to show (default all)")
+    p.add_argument("--prompts", type=int, default=3, help="prompts drawn per victim")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", metavar="PNG")
+    p.set_defaults(func=cmd_show)
+
+    p = subparsers.add_parser(
+        "plot",
+        help="ASR@50 bars per victim and ASR-vs-eps curves",
+        formatter_class=_RAW,
+        epilog="examples:\n  uadbench plot results/run1\n  uadbench plot results/sweep --out figs/",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--out", metavar="DIR", help="default RUN/plots")
+    p.set_defaults(func=cmd_plot)
+
+    p = subparsers.add_parser(
+        "report",
+        help="one self-contained HTML page for a run",
+        formatter_class=_RAW,
+        epilog="examples:\n  uadbench report results/run1\n"
+        "  uadbench report results/au --out au.html --n-boot 5000",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--out", metavar="HTML", help="default RUN/report.html")
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,405 @@
+"""Per-sample picture: clean, adversarial, amplified perturbation, masks per victim.
+
+Layout of the panel (RGB uint8, white background, ``GAP`` px between tiles, a
+``HEAD`` px caption strip above each tile; tiles are the image's size, downscaled so
+that the longer side is at most ``max_side``)::
+
+    [ clean ]              [ adversarial ]          [ |adv − clean| amplified ]
+    [ <victim>: clean ]    [ <victim>: attack ]     [ IoU clean -> adv per prompt ]   (one row per victim)
+
+Masks are not stored in result rows, so :func:`show` re-runs the victims on this one
+sample (:func:`predict_masks`, the only place that builds models); IoUs printed come
+from the stored rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import DataError, UadbenchError
+from ..eval.prompts import BOX, POINT, PromptSet
+from ..store import rundir as _rundir
+from ..store.schema import CLEAN
+
+log = logging.getLogger(__name__)
+GAP = 4
+HEAD = 16
+INFO_W = 240  # minimum width of the third column (perturbation tile and IoU text)
+COLORS = [
+    (255, 60, 60),
+    (40, 150, 255),
+    (60, 210, 60),
+    (255, 190, 0),
+    (200, 80, 255),
+    (0, 210, 210),
+]
+
+
+@dataclasses.dataclass
+class VictimMasks:
+    """One victim's row of the panel.
+
+    ``clean_masks``/``adv_masks``: bool (P, H, W) predictions for the panel's prompts
+    on the clean and adversarial image, or None when the victim could not be run
+    (``note`` says why). ``clean_iou``/``adv_iou``: stored IoUs (%) per prompt (NaN if
+    unknown).
+    """
+
+    name: str
+    clean_masks: np.ndarray | None = None
+    adv_masks: np.ndarray | None = None
+    clean_iou: Sequence[float] = ()
+    adv_iou: Sequence[float] = ()
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------- files
+def adv_image_path(
+    run_dir: str | Path,
+    attack_name: str,
+    attack_hash: str,
+    surrogate: str,
+    sample_id: str,
+    seed: int = 0,
+) -> Path:
+    """Path of a cached adversarial PNG (:func:`uadbench.store.rundir.adv_path`); the
+    arguments are the row's ``attack_name``, ``attack_hash``, ``surrogate`` and ``seed``."""
+    return Path(_rundir.adv_path(run_dir, attack_name, attack_hash, surrogate, sample_id, seed))
+
+
+def load_png(path: str | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of an image file; :class:`DataError` naming it when unreadable."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the image ({exc})") from None
+
+
+def load_clean_image(manifest: dict[str, Any], sample_id: str) -> np.ndarray:
+    """The clean image of ``sample_id`` from the run's dataset (manifest ``dataset``:
+    a name or ``{"name", "config"}``), RGB uint8 (H, W, 3)."""
+    import dataclasses as dc
+
+    from ..config import build_config
+    from ..datasets import DATASETS
+
+    ds = manifest.get("dataset")
+    name = ds.get("name") if isinstance(ds, dict) else ds
+    if not name:
+        raise UadbenchError("the run's manifest names no dataset; cannot load the clean image")
+    cls = DATASETS.get(str(name))
+    cfg_cls = getattr(cls, "Config", None)
+    overrides = (ds.get("config") or {}) if isinstance(ds, dict) else {}
+    cfg = (
+        build_config(cfg_cls, overrides, owner=str(name))
+        if cfg_cls and dc.is_dataclass(cfg_cls)
+        else None
+    )
+    return np.asarray(cls(cfg).load(sample_id).image, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- prompts
+def select_prompts(rows: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """Up to ``n`` prompts of one (sample, attack, victim), one per mask, alternating
+    point and box, in prompt order. Returns the chosen rows."""
+    rows = rows.sort_values("prompt_index")
+    chosen, want = [], [POINT, BOX]
+    for k, (_, g) in enumerate(rows.groupby("mask_index", sort=True)):
+        if len(chosen) >= n:
+            break
+        pick = g[g["prompt_kind"] == want[k % 2]]
+        chosen.append((pick if len(pick) else g).iloc[0])
+    return pd.DataFrame(chosen).reset_index(drop=True)
+
+
+def prompts_from_rows(rows: pd.DataFrame) -> PromptSet:
+    """The :class:`PromptSet` stored in result rows (kinds, XYXY/XY coords, mask index)."""
+    kinds = rows["prompt_kind"].to_numpy().astype("<U5")
+    return PromptSet(
+        kinds,
+        rows[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64).reshape(len(rows), 4),
+        rows["mask_index"].to_numpy(dtype=np.int64),
+        np.where(kinds == POINT, 1, -1).astype(np.int64),
+    )
+
+
+def predict_masks(
+    manifest: dict[str, Any],
+    victims: Sequence[str],
+    clean: np.ndarray,
+    adv: np.ndarray,
+    prompts: PromptSet,
+    device: str = "cpu",
+) -> dict[str, tuple[np.ndarray | None, np.ndarray | None, str]]:
+    """Re-run each victim on the clean and adversarial image for ``prompts``.
+
+    Returns victim -> (clean masks (P, H, W) bool, adversarial masks, note); a victim
+    that cannot be built (unknown, missing weights, bad config) gets ``(None, None,
+    reason)``. The only function here that builds models.
+    """
+    from ..config import build_config
+    from ..victims import VICTIMS
+
+    entries = {
+        (v["name"] if isinstance(v, dict) else str(v)): v for v in manifest.get("victims", [])
+    }
+    out: dict[str, tuple[np.ndarray | None, np.ndarray | None, str]] = {}
+    for name in victims:
+        entry = entries.get(name, {})
+        try:
+            cls = VICTIMS.get(name)
+            overrides = entry.get("config") if isinstance(entry, dict) else None
+            cfg = build_config(cls.Config, overrides or {}, owner=name)
+            model = cls(cfg, device=device)
+            out[name] = (model.predict(clean, prompts), model.predict(adv, prompts), "")
+        except UadbenchError as exc:
+            log.warning("show: victim %s not run: %s", name, exc)
+            out[name] = (None, None, str(exc))
+    return out
+
+
+# ----------------------------------------------------------------------------- drawing
+def _num(x: float) -> str:
+    return "n/a" if x != x else f"{x:.1f}"
+
+
+def _font():
+    return ImageFont.load_default()
+
+
+def _resize(img: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    if img.shape[:2] == hw:
+        return img
+    im = Image.fromarray(img)
+    return np.asarray(im.resize((hw[1], hw[0]), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def perturbation_tile(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:
+    """|adv − clean| per channel, scaled so its maximum is 255 (uint8, H×W×3)."""
+    d = np.abs(adv.astype(np.int16) - clean.astype(np.int16)).astype(np.float64)
+    top = d.max()
+    return np.zeros_like(clean) if top == 0 else np.round(d * (255.0 / top)).astype(np.uint8)
+
+
+def _overlay(
+    img: np.ndarray, masks: np.ndarray | None, prompts: PromptSet | None, scale: float
+) -> np.ndarray:
+    out = img.astype(np.float64)
+    if masks is not None:
+        for k, m in enumerate(masks):
+            m = _resize(m.astype(np.uint8) * 255, img.shape[:2], nearest=True) > 0
+            out[m] = 0.5 * out[m] + 0.5 * np.array(COLORS[k % len(COLORS)], dtype=np.float64)
+    im = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+    if prompts is not None:
+        draw = ImageDraw.Draw(im)
+        for k in range(len(prompts)):
+            c = COLORS[k % len(COLORS)]
+            x0, y0, x1, y1 = (prompts.coords[k] * scale).tolist()
+            if prompts.kinds[k] == BOX:
+                draw.rectangle([x0, y0, x1, y1], outline=c, width=2)
+            else:
+                draw.ellipse([x0 - 4, y0 - 4, x0 + 4, y0 + 4], fill=c, outline=(255, 255, 255))
+    return np.asarray(im)
+
+
+def panel_geometry(hw: tuple[int, int], n_victims: int, max_side: int | None = 768):
+    """(tile h, tile w, scale, panel h, panel w) for an image of size ``hw``: tiles of
+    h×w scaled by ``scale``; the third column is ``max(tile w, INFO_W)`` wide."""
+    h, w = hw
+    scale = 1.0 if not max_side or max(h, w) <= max_side else max_side / max(h, w)
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    rows = 1 + n_victims
+    return (
+        th,
+        tw,
+        scale,
+        GAP + rows * (HEAD + th + GAP),
+        GAP + 2 * (tw + GAP) + max(tw, INFO_W) + GAP,
+    )
+
+
+def build_panel(
+    clean: np.ndarray,
+    adv: np.ndarray,
+    victims: Sequence[VictimMasks] = (),
+    prompts: PromptSet | None = None,
+    *,
+    attack: str = "adversarial",
+    max_side: int | None = 768,
+) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]]]:
+    """Compose the panel. ``clean``/``adv``: RGB uint8 (H, W, 3), same size.
+
+    Returns ``(panel, tiles)``: the panel RGB uint8 (see module docstring for the
+    layout and :func:`panel_geometry` for its size) and each tile's ``(y, x, h, w)``
+    by name (``clean``, ``adversarial``, ``perturbation``, ``<victim>/clean``,
+    ``<victim>/adversarial``, ``<victim>/iou``). Without downscaling the
+    ``adversarial`` tile holds ``adv`` pixel for pixel.
+    """
+    if clean.shape != adv.shape:
+        raise DataError(
+            f"clean image {clean.shape} and adversarial image {adv.shape} differ in size"
+        )
+    th, tw, scale, ph, pw = panel_geometry(clean.shape[:2], len(victims), max_side)
+    canvas = Image.new("RGB", (pw, ph), (255, 255, 255))
+    font = _font()
+    tiles: dict[str, tuple[int, int, int, int]] = {}
+
+    def put(name: str, caption: str, tile: np.ndarray, r: int, c: int) -> None:
+        y = GAP + r * (HEAD + th + GAP) + HEAD
+        x = GAP + c * (tw + GAP)
+        cw = tw if c < 2 else pw - x - GAP
+        strip = Image.new("RGB", (cw, HEAD - 2), (255, 255, 255))  # caption clipped to its column
+        ImageDraw.Draw(strip).text((0, 1), caption, fill=(0, 0, 0), font=font)
+        canvas.paste(strip, (x, y - HEAD + 1))
+        canvas.paste(Image.fromarray(tile), (x, y))
+        tiles[name] = (y, x, tile.shape[0], tile.shape[1])
+
+    c_small, a_small = _resize(clean, (th, tw)), _resize(adv, (th, tw))
+    linf = int(np.abs(adv.astype(np.int16) - clean.astype(np.int16)).max())
+    put("clean", "clean", c_small, 0, 0)
+    put("adversarial", attack, a_small, 0, 1)
+    put(
+        "perturbation",
+        f"|adv - clean| amplified (max {linf}/255)",
+        _resize(perturbation_tile(clean, adv), (th, tw)),
+        0,
+        2,
+    )
+    for r, vm in enumerate(victims, start=1):
+        put(
+            f"{vm.name}/clean",
+            f"{vm.name}: clean",
+            _overlay(c_small, vm.clean_masks, prompts, scale),
+            r,
+            0,
+        )
+        put(
+            f"{vm.name}/adversarial",
+            f"{vm.name}: {attack}",
+            _overlay(a_small, vm.adv_masks, prompts, scale),
+            r,
+            1,
+        )
+        iw = max(tw, INFO_W)
+        info = Image.new("RGB", (iw, th), (248, 248, 248))
+        d = ImageDraw.Draw(info)
+        y = 2
+        n = len(prompts) if prompts is not None else 0
+        for k in range(n):
+            ci = vm.clean_iou[k] if k < len(vm.clean_iou) else float("nan")
+            ai = vm.adv_iou[k] if k < len(vm.adv_iou) else float("nan")
+            d.text(
+                (4, y),
+                f"#{k} {prompts.kinds[k]} m{int(prompts.mask_index[k])}: {_num(ci)} -> {_num(ai)}",
+                fill=COLORS[k % len(COLORS)],
+                font=font,
+            )
+            y += 12
+        if vm.note:
+            for line in textwrap.wrap(f"masks not drawn: {vm.note}", max(10, iw // 6)):
+                d.text((4, y), line, fill=(150, 0, 0), font=font)
+                y += 12
+        put(f"{vm.name}/iou", "IoU % (stored): clean -> adversarial", np.asarray(info), r, 2)
+    return np.asarray(canvas), tiles
+
+
+# ----------------------------------------------------------------------------- show
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x"
+
+
+def show(
+    run_dir: str | Path,
+    sample_id: str,
+    attack: str | None = None,
+    out: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    n_prompts: int = 3,
+    victims: Sequence[str] | None = None,
+    max_side: int | None = 768,
+) -> Path:
+    """Write the panel of one sample and attack as PNG; returns its path.
+
+    ``attack``: an attack label of the run (default ``uad`` if present, else the first
+    attack). ``out``: default ``<run>/panels/<sample>_<attack>.png``. Victims default
+    to all victims with rows for this sample (manifest order).
+    """
+    run_dir = Path(run_dir)
+    manifest = _rundir.load_manifest(run_dir)
+    if manifest.get("kind") == "imported":
+        raise UadbenchError(
+            f"{run_dir} was imported from {manifest.get('source', 'elsewhere')} and has "
+            "no adversarial images; `show` needs a run made by `uadbench run`"
+        )
+    rows = _rundir.load_rows(run_dir)
+    srows = rows[rows["sample_id"] == str(sample_id)]
+    if srows.empty:
+        some = ", ".join(sorted(rows["sample_id"].unique())[:5])
+        raise UadbenchError(
+            f"sample {sample_id!r} has no rows in {run_dir}; some ids there: {some}"
+        )
+    attacks = [a for a in dict.fromkeys(srows["attack"]) if a != CLEAN]
+    if not attacks:
+        raise UadbenchError(
+            f"sample {sample_id!r} has only clean rows in {run_dir}; nothing to show"
+        )
+    if attack is None:
+        order = [a["label"] if isinstance(a, dict) else str(a) for a in manifest.get("attacks", [])]
+        attack = "uad" if "uad" in attacks else next((a for a in order if a in attacks), attacks[0])
+    if attack not in attacks:
+        raise UadbenchError(
+            f"attack {attack!r} has no rows for sample {sample_id!r}; it has: {', '.join(attacks)}"
+        )
+    arows = srows[srows["attack"] == attack]
+    first = arows.iloc[0]
+    path = adv_image_path(
+        run_dir,
+        str(first["attack_name"]),
+        str(first["attack_hash"]),
+        str(first["surrogate"]),
+        str(sample_id),
+        int(first["seed"]),
+    )
+    if not path.exists():
+        raise UadbenchError(f"no adversarial image at {path}; was the run's adv/ folder deleted?")
+    adv = load_png(path)
+    clean = load_clean_image(manifest, str(sample_id))
+    vorder = [v["name"] if isinstance(v, dict) else str(v) for v in manifest.get("victims", [])]
+    present = list(dict.fromkeys(arows["victim"]))
+    names = (
+        list(victims)
+        if victims
+        else [v for v in vorder if v in present] + [v for v in present if v not in vorder]
+    )
+    chosen = select_prompts(arows[arows["victim"] == names[0]], n_prompts)
+    prompts = prompts_from_rows(chosen)
+    masks = predict_masks(manifest, names, clean, adv, prompts, device)
+    vms = []
+    for v in names:
+
+        def iou_of(label: str, v=v) -> list[float]:
+            r = srows[(srows["attack"] == label) & (srows["victim"] == v)].set_index(
+                "prompt_index"
+            )["iou"]
+            return [float(r.get(int(i), np.nan)) for i in chosen["prompt_index"]]
+
+        cm, am, note = masks[v]
+        vms.append(VictimMasks(v, cm, am, iou_of(CLEAN), iou_of(attack), note))
+    panel, _ = build_panel(clean, adv, vms, prompts, attack=attack, max_side=max_side)
+    out = Path(out) if out else run_dir / "panels" / f"{_slug(str(sample_id))}_{_slug(attack)}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(panel).save(out)
+    log.info("wrote %s", out)
+    return out
