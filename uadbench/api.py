@@ -211,13 +211,33 @@ def rows(run_dir: str | Path):
     return load_rows(run_dir)
 
 
-def leaderboard(run_dirs: str | Path | list, fmt: str = "terminal", **kw: Any) -> str:
-    """The leaderboard of one or more runs, rendered as text."""
-    import pandas as pd
-
-    from .report.leaderboard import leaderboard_table, render
+def leaderboard(
+    run_dirs: str | Path | list,
+    fmt: str = "terminal",
+    metrics=("miou", "asr50"),
+    by_kind: bool = False,
+    valid_only: bool = False,
+) -> str:
+    """The leaderboard of one or more runs, rendered as text (terminal, markdown, latex, csv, html)."""
+    from .report.leaderboard import render, runs_table
 
     dirs = run_dirs if isinstance(run_dirs, list) else [run_dirs]
-    rows = pd.concat([load_rows(d) for d in dirs], ignore_index=True)
-    metrics = kw.pop("metrics", ("miou", "asr50"))
-    return render(leaderboard_table(rows, **kw), fmt=fmt, metrics=metrics)
+    return render(
+        runs_table(dirs, by_kind=by_kind, valid_only=valid_only), fmt=fmt, metrics=metrics
+    )
+
+
+def compare(run_dir: str | Path, a: str, b: str, **kw: Any):
+    """Paired image-level comparison of attacks ``a`` and ``b`` on every victim
+    (bootstrap CI, Wilcoxon on per-image means, Holm); see :func:`uadbench.report.stats.compare`."""
+    from .report.stats import compare as _compare
+
+    man = load_manifest(run_dir)
+    return _compare(load_rows(run_dir), a, b, pairing=man.get("pairing", "prompt"), **kw)
+
+
+def check(run_dir: str | Path, baseline: str | Path, **kw: Any):
+    """Regression check of a run against a baseline run: ``(ok, table)``."""
+    from .report.check import check as _check
+
+    return _check(run_dir, baseline, **kw)

@@ -12,10 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from ..errors import UadbenchError
-
 _RAW = argparse.RawDescriptionHelpFormatter
 
 
@@ -36,31 +32,10 @@ def _victims_arg(values: list[str] | None) -> list[str] | None:
 
 # ----------------------------------------------------------------------------- handlers
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ..store.rundir import load_manifest, load_rows
-    from .html import manifest_orders
-    from .leaderboard import leaderboard_table, parse_metrics, render
+    from .leaderboard import parse_metrics, render, runs_table
 
     metrics = parse_metrics(args.metrics)
-    frames, aorder, vorder, kinds = [], [], [], []
-    for run in args.runs:
-        man = load_manifest(run)
-        frames.append(load_rows(run))
-        a, v = manifest_orders(man)
-        aorder += [x for x in a if x not in aorder]
-        vorder += [x for x in v if x not in vorder]
-        kinds.append(str(man.get("kind", "run")))
-    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if rows.empty:
-        raise UadbenchError(
-            f"no result rows in {', '.join(args.runs)}; has the run finished any job?"
-        )
-    table = leaderboard_table(
-        rows,
-        by_kind=args.by_kind,
-        valid_only=args.valid_only,
-        attack_order=aorder,
-        victim_order=vorder,
-    )
+    table = runs_table(args.runs, by_kind=args.by_kind, valid_only=args.valid_only)
     title = None
     if args.format != "csv":
         title = (

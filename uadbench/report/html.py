@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..store.rundir import atomic_write_bytes, load_manifest, load_rows
 from ..store.schema import CLEAN
-from .leaderboard import leaderboard_table, render
+from .leaderboard import leaderboard_table, manifest_orders, render
 from .plots import figure_png, run_figures
 from .stats import compare, render_compare
 
@@ -25,13 +25,6 @@ caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0}
 img{max-width:100%}
 .note{color:#555;font-size:13px}
 """
-
-
-def manifest_orders(manifest: dict) -> tuple[list[str], list[str]]:
-    """(attack labels, victim names) in the manifest's order."""
-    attacks = [a["label"] if isinstance(a, dict) else str(a) for a in manifest.get("attacks", [])]
-    victims = [v["name"] if isinstance(v, dict) else str(v) for v in manifest.get("victims", [])]
-    return attacks, victims
 
 
 def html_report(

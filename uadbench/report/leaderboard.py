@@ -348,3 +348,35 @@ def render(
         out.append(f"<tr>{tds}</tr>")
     out.append("</tbody></table>")
     return "\n".join(out) + "\n"
+
+
+def manifest_orders(manifest: dict) -> tuple[list[str], list[str]]:
+    """(attack labels, victim labels) in the manifest's order."""
+    attacks = [a["label"] if isinstance(a, dict) else str(a) for a in manifest.get("attacks", [])]
+    victims = [
+        (v.get("label") or v["name"]) if isinstance(v, dict) else str(v)
+        for v in manifest.get("victims", [])
+    ]
+    return attacks, victims
+
+
+def runs_table(runs: Sequence, *, by_kind: bool = False, valid_only: bool = False) -> pd.DataFrame:
+    """The tidy leaderboard of one or more run directories, attacks and victims in the
+    order their manifests list them."""
+    from ..store.rundir import load_manifest, load_rows
+
+    frames, aorder, vorder = [], [], []
+    for run in runs:
+        man = load_manifest(run)
+        frames.append(load_rows(run))
+        a, v = manifest_orders(man)
+        aorder += [x for x in a if x not in aorder]
+        vorder += [x for x in v if x not in vorder]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if rows.empty:
+        raise UadbenchError(
+            f"no result rows in {', '.join(str(r) for r in runs)}; has the run finished any job?"
+        )
+    return leaderboard_table(
+        rows, by_kind=by_kind, valid_only=valid_only, attack_order=aorder, victim_order=vorder
+    )
