@@ -7,6 +7,7 @@ safetensors; a file that needs more than that is refused with a clear error.
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +18,11 @@ from ..errors import UadbenchError
 from .base import WeightsStatus, checkpoint_dirs
 
 
-def find_checkpoint(name: str, explicit: str | None, filenames: Sequence[str]) -> WeightsStatus:
-    """Look for a checkpoint: the explicit path, then each checkpoint dir × filename."""
+def find_checkpoint(
+    name: str, explicit: str | None, filenames: Sequence[str], hf_repo: str | None = None
+) -> WeightsStatus:
+    """Look for a checkpoint: the explicit path, then each checkpoint dir × filename, then
+    (when ``hf_repo`` is given) those filenames in that repo's Hugging Face cache snapshot."""
     searched = []
     if explicit:
         p = Path(explicit).expanduser()
@@ -31,7 +35,44 @@ def find_checkpoint(name: str, explicit: str | None, filenames: Sequence[str]) -
             if p.is_file():
                 return WeightsStatus(True, str(p))
             searched.append(str(p))
+    if hf_repo:
+        snap = hf_snapshot(hf_repo)
+        for fn in filenames:
+            if snap is not None and (snap / fn).is_file():
+                return WeightsStatus(True, str(snap / fn))
+            searched.append(f"Hugging Face cache {hf_cache_dir()} ({hf_repo}/{fn})")
     return WeightsStatus(False, "", "; ".join(searched))
+
+
+# ---------------------------------------------------------------------- Hugging Face cache
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time (``HF_HUB_CACHE``,
+    ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME``/hub, ``XDG_CACHE_HOME``/huggingface/hub)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def hf_repo_dir(repo_id: str, cache_dir: Path | None = None) -> Path:
+    """``<cache>/models--org--name`` for a model repo id ``org/name``."""
+    return (cache_dir or hf_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+
+
+def hf_snapshot(repo_id: str, revision: str = "main", cache_dir: Path | None = None) -> Path | None:
+    """The cached snapshot directory of ``repo_id`` at ``revision`` (a branch name resolved
+    through ``refs/<revision>``, or a commit hash), or None when it is not cached. Never
+    touches the network."""
+    if not repo_id or repo_id.count("/") != 1 or ".." in repo_id:
+        return None
+    repo = hf_repo_dir(repo_id, cache_dir)
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snap = repo / "snapshots" / commit
+    return snap if snap.is_dir() else None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -67,7 +108,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_state_dict_file(model: torch.nn.Module, path: str | Path, name: str) -> None:
     """Load a checkpoint into ``model`` strictly, with an error that names the mismatch."""
-    sd = read_state_dict(path)
+    load_state_dict_strict(model, read_state_dict(path), path, name)
+
+
+def load_state_dict_strict(
+    model: torch.nn.Module, sd: dict[str, torch.Tensor], path: str | Path, name: str
+) -> None:
+    """Load tensors ``sd`` (read from ``path``) into ``model`` strictly, with an error that
+    names the mismatch."""
     missing, unexpected = [], []
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

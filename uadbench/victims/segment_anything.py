@@ -132,9 +132,15 @@ class SamFamilyVictim(Victim):
         return x.to(self.dtype), (nh, nw)
 
     # ------------------------------------------------------------------ prediction
+    def _encode_image(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image-level inputs of the mask decoder for model inputs ``z`` (B, 3, S, S):
+        ``"emb"`` (B, C, h, w), plus whatever else a variant's decoder reads (tensors with
+        the batch first). Variants whose encoder returns more (HQ-SAM, MobileSAM) override it."""
+        return {"emb": self.model.image_encoder(z)}
+
     def embed(self, image: np.ndarray) -> dict[str, Any]:
         x, input_hw = self._uint8_to_model_input(image)
-        return {"emb": self.model.image_encoder(x), "input_hw": input_hw}
+        return {**self._encode_image(x), "input_hw": input_hw}
 
     def _encode_prompts(self, prompts: PromptSet, hw: tuple[int, int], input_hw: tuple[int, int]):
         """Sparse and dense prompt embeddings for all prompts: points and boxes both give
@@ -200,7 +206,7 @@ class SamFamilyVictim(Victim):
     def mask_logits(self, x: torch.Tensor, prompts: Sequence[PromptSet]) -> list[torch.Tensor]:
         hw = tuple(x.shape[-2:])
         z, input_hw = self._to_model_input(x)
-        emb = self.model.image_encoder(z)
+        emb = self._encode_image(z)["emb"]
         return [
             self._low_res_logits(emb[i : i + 1], p, hw, input_hw) for i, p in enumerate(prompts)
         ]

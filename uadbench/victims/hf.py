@@ -1,0 +1,298 @@
+"""Hugging Face ``transformers`` promptable segmenters as victims: ``hf:<hub id or path>``.
+
+Supported model types (``model_type`` in the repo's ``config.json``) and the classes
+used, when the installed ``transformers`` has them:
+
+==============  ================  ====================  ================================
+model_type      model class       processor class       e.g.
+==============  ================  ====================  ================================
+sam             SamModel          SamProcessor          facebook/sam-vit-base, -large,
+                                                        -huge; Zigeng/SlimSAM-uniform-77
+sam_hq          SamHQModel        SamHQProcessor        syscv-community/sam-hq-vit-base
+sam2,           Sam2Model         Sam2Processor         facebook/sam2.1-hiera-tiny
+sam2_video
+edgetam,        EdgeTamModel      Sam2Processor         yonigozlan/EdgeTAM-hf
+edgetam_video
+sam3_tracker    Sam3TrackerModel  Sam3TrackerProcessor  (SAM 3 promptable segmentation)
+==============  ================  ====================  ================================
+
+The model class is the one ``transformers`` maps the model type to for mask generation
+(``AutoModelForMaskGeneration``; ``*_video`` checkpoints load as their image model).
+
+A hub id is resolved in the LOCAL Hugging Face cache only (``$HF_HUB_CACHE`` /
+``$HF_HOME/hub`` / ``~/.cache/huggingface/hub``, read at call time; snapshot of
+``refs/<revision>``); a path may point at any ``save_pretrained`` directory. Nothing is
+ever downloaded here (``uadbench download hf:<id>`` does that). Loading uses
+``local_files_only=True``, ``use_safetensors=True`` when the directory has safetensors
+(``.bin`` files are read by transformers with ``torch.load(weights_only=True)``), and
+never remote code.
+
+Prediction uses the model's own image processor (resize, normalise, pad as saved with
+the model) and its ``post_process_masks``; prompts are scaled to the processor's input
+frame exactly as the processor does (checked against it in the tests). All point prompts
+go through one forward call of the prompt encoder + mask decoder and all box prompts
+through another (points and boxes have different token counts in these models), against
+an image embedding computed once per image. Single-mask output (``multimask_output=False``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UadbenchError
+from ..eval.prompts import PromptSet
+from .base import Victim, VictimConfig, WeightsStatus
+from .checkpoints import hf_cache_dir, hf_repo_dir, hf_snapshot
+
+HF_PREFIX = "hf:"
+
+
+@dataclasses.dataclass(frozen=True)
+class HfFamily:
+    """How to drive one transformers model type. ``embedding``: what
+    ``get_image_embeddings`` returns — "tensor" (SAM), "hq" ((tensor, intermediate list),
+    SAM-HQ) or "multiscale" (list of feature maps, SAM 2 style).
+    ``reshaped_sizes``: whether ``post_process_masks`` takes the pre-padding input size."""
+
+    model_class: str
+    processor_class: str
+    embedding: str
+    reshaped_sizes: bool
+
+
+FAMILIES: dict[str, HfFamily] = {
+    "sam": HfFamily("SamModel", "SamProcessor", "tensor", True),
+    "sam_hq": HfFamily("SamHQModel", "SamHQProcessor", "hq", True),
+    "sam2": HfFamily("Sam2Model", "Sam2Processor", "multiscale", False),
+    "sam2_video": HfFamily("Sam2Model", "Sam2Processor", "multiscale", False),
+    "edgetam": HfFamily("EdgeTamModel", "Sam2Processor", "multiscale", False),
+    "edgetam_video": HfFamily("EdgeTamModel", "Sam2Processor", "multiscale", False),
+    "sam3_tracker": HfFamily("Sam3TrackerModel", "Sam3TrackerProcessor", "multiscale", False),
+}
+
+
+def _weights_in(d: Path) -> list[Path]:
+    return sorted(d.glob("*.safetensors")) or sorted(d.glob("pytorch_model*.bin"))
+
+
+def read_model_type(d: Path) -> str | None:
+    """``model_type`` from ``d/config.json`` (None if absent or unreadable)."""
+    try:
+        return json.loads((d / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _locate(model: str, revision: str) -> tuple[Path | None, str]:
+    """(directory holding config.json + weights, or None; where we looked)."""
+    if not model:
+        return None, "no model given: write hf:<hub id or path>"
+    p = Path(model).expanduser()
+    if p.is_dir():
+        where, searched = p, str(p)
+    else:
+        searched = f"Hugging Face cache {hf_repo_dir(model)} (revision {revision})"
+        where = hf_snapshot(model, revision)
+        if where is None:
+            return None, searched
+    if not (where / "config.json").is_file() or not _weights_in(where):
+        return None, f"{searched}: no config.json with weights in {where}"
+    return where, searched
+
+
+def _unsupported(where: Path) -> str:
+    return (
+        f"{where}: model_type {read_model_type(where)!r} is not a supported promptable "
+        f"segmenter (supported: {', '.join(FAMILIES)})"
+    )
+
+
+def resolve_hf_model(model: str, revision: str = "main") -> WeightsStatus:
+    """Where ``model`` (hub id or local directory) is, without loading anything."""
+    where, searched = _locate(model, revision)
+    if where is None:
+        return WeightsStatus(False, "", searched)
+    if read_model_type(where) not in FAMILIES:
+        return WeightsStatus(False, "", _unsupported(where))
+    return WeightsStatus(True, str(where))
+
+
+def cached_hf_models() -> list[str]:
+    """``hf:<id>`` names of the supported models found in the local Hugging Face cache
+    (snapshot of ``refs/main``). Reads only small JSON files."""
+    root = hf_cache_dir()
+    out = []
+    if not root.is_dir():
+        return out
+    for d in sorted(root.glob("models--*--*")):
+        repo_id = d.name[len("models--") :].replace("--", "/", 1)
+        snap = hf_snapshot(repo_id)
+        if snap is not None and read_model_type(snap) in FAMILIES and _weights_in(snap):
+            out.append(HF_PREFIX + repo_id)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HfConfig(VictimConfig):
+    """``model_id``: hub id or local directory (set from the name ``hf:<model_id>``);
+    ``revision``: branch or commit of the cached snapshot; ``hq_token_only``: SAM-HQ only,
+    use only the HQ token's mask."""
+
+    model_id: str = ""
+    revision: str = "main"
+    hq_token_only: bool = False
+
+
+class HfVictim(Victim):
+    """A promptable segmenter from ``transformers`` (see the module docstring)."""
+
+    name = HF_PREFIX
+    Config = HfConfig
+
+    def __init__(
+        self,
+        config: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(config, device, dtype)
+        if self.config.model_id:
+            self.name = HF_PREFIX + self.config.model_id
+        self._processor: Any = None
+        self._family: HfFamily | None = None
+
+    @classmethod
+    def weights_status(cls, config: HfConfig) -> WeightsStatus:
+        return resolve_hf_model(config.model_id, config.revision)
+
+    # ------------------------------------------------------------------ loading
+    def build(self) -> torch.nn.Module:
+        import transformers
+
+        path, searched = _locate(self.config.model_id, self.config.revision)
+        if path is None:
+            WeightsStatus(False, "", searched).require(self.name)
+        if read_model_type(path) not in FAMILIES:
+            raise UadbenchError(f"victim {self.name!r}: {_unsupported(path)}")
+        family = FAMILIES[read_model_type(path)]
+        model_cls = getattr(transformers, "AutoModelForMaskGeneration", None)
+        proc_cls = getattr(transformers, family.processor_class, None)
+        if (
+            getattr(transformers, family.model_class, None) is None
+            or model_cls is None
+            or proc_cls is None
+        ):
+            raise UadbenchError(
+                f"victim {self.name!r} needs transformers.{family.model_class}, which the installed "
+                f"transformers {transformers.__version__} lacks; upgrade transformers"
+            )
+        kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+        if any(path.glob("*.safetensors")):
+            kwargs["use_safetensors"] = True
+        try:
+            model = model_cls.from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+            first = (
+                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            )
+            raise UadbenchError(f"{path}: cannot load {family.model_class} ({first})") from None
+        if (
+            type(model).__name__ != family.model_class
+        ):  # pragma: no cover - transformers remapped it
+            raise UadbenchError(
+                f"{path}: transformers loaded a {type(model).__name__}, expected {family.model_class}"
+            )
+        try:
+            self._processor = proc_cls.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=False
+            )
+        except (OSError, ValueError) as exc:
+            raise UadbenchError(
+                f"{path}: cannot load the model's processor ({str(exc).splitlines()[0][:160]}); "
+                "the directory needs its preprocessor_config.json"
+            ) from None
+        self._family = family
+        return model
+
+    @property
+    def processor(self) -> Any:
+        _ = self.model  # builds (and loads the processor) on first use
+        return self._processor
+
+    # ------------------------------------------------------------------ prediction
+    def embed(self, image: np.ndarray) -> dict[str, Any]:
+        """Run the image processor and the vision encoder once; remember the frame sizes."""
+        enc = self.processor.image_processor(images=image, return_tensors="pt")
+        pv = enc["pixel_values"].to(self.device, self.dtype)
+        if "reshaped_input_sizes" in enc:
+            input_hw = tuple(int(v) for v in enc["reshaped_input_sizes"][0])
+        else:
+            input_hw = tuple(int(v) for v in pv.shape[-2:])
+        emb = self.model.get_image_embeddings(pv)
+        kind = self._family.embedding
+        if kind == "hq":
+            kwargs = {
+                "image_embeddings": emb[0],
+                "intermediate_embeddings": emb[1],
+                "hq_token_only": bool(self.config.hq_token_only),
+            }
+        else:
+            kwargs = {"image_embeddings": emb}
+        return {"forward": kwargs, "input_hw": input_hw}
+
+    def _post(
+        self, low: torch.Tensor, hw: tuple[int, int], input_hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """Low-res logits (1, n, 1, h, w) → bool (n, H, W) with the processor's post-processing."""
+        proc = self.processor
+        if self._family.reshaped_sizes:
+            masks = proc.post_process_masks(
+                low.float(), [list(hw)], [list(input_hw)], binarize=True
+            )
+        else:
+            masks = proc.post_process_masks(low.float(), [list(hw)], binarize=True)
+        return masks[0][:, 0].bool()
+
+    @staticmethod
+    def to_input_frame(
+        coords: np.ndarray, hw: tuple[int, int], input_hw: tuple[int, int]
+    ) -> np.ndarray:
+        """Prompt coordinates (n, 2k) as XY pairs in image pixels → the processor's input
+        frame (the resized, unpadded image of size ``input_hw``), scaled as the HF
+        processors scale them."""
+        sx, sy = input_hw[1] / hw[1], input_hw[0] / hw[0]
+        scale = np.array([sx, sy] * (coords.shape[-1] // 2))
+        return np.asarray(coords, dtype=np.float64) * scale
+
+    def decode(
+        self, state: dict[str, Any], prompts: PromptSet, hw: tuple[int, int]
+    ) -> torch.Tensor:
+        input_hw = state["input_hw"]
+        out = torch.zeros(len(prompts), *hw, dtype=torch.bool, device=self.device)
+        coords = np.asarray(prompts.coords, dtype=np.float64)
+        pidx, bidx = np.flatnonzero(prompts.is_point), np.flatnonzero(prompts.is_box)
+        dev = dict(dtype=self.dtype, device=self.device)
+        if len(pidx):  # all points in one forward: (1, n, 1, 2) with labels (1, n, 1)
+            pts = torch.as_tensor(self.to_input_frame(coords[pidx, :2], hw, input_hw), **dev)
+            labels = torch.as_tensor(prompts.labels[pidx], device=self.device)
+            res = self.model(
+                **state["forward"],
+                input_points=pts[None, :, None],
+                input_labels=labels[None, :, None],
+                multimask_output=False,
+            )
+            masks = self._post(res.pred_masks, hw, input_hw)
+            out[torch.as_tensor(pidx, device=self.device)] = masks.to(self.device)
+        if len(bidx):  # all boxes in one forward: (1, n, 4)
+            boxes = torch.as_tensor(self.to_input_frame(coords[bidx], hw, input_hw), **dev)
+            res = self.model(**state["forward"], input_boxes=boxes[None], multimask_output=False)
+            masks = self._post(res.pred_masks, hw, input_hw)
+            out[torch.as_tensor(bidx, device=self.device)] = masks.to(self.device)
+        return out
