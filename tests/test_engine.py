@@ -81,11 +81,11 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kill_when):
     args = [
         "run",
         "--attack",
-        "feature-pgd:steps=6",
+        "feature-pgd:steps=3",
         "--victims",
         TINY,
         "--limit",
-        "4",
+        "3",
         "--out",
         str(out),
         "--no-progress",

@@ -143,43 +143,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    if args.what == "victims":
+        return _ls_victims(args.pattern)
     if args.what == "attacks":
         from .attacks import ATTACKS as reg
-    elif args.what == "victims":
-        from .victims import VICTIMS as reg
     else:
         from .datasets import DATASETS as reg
     rows = []
     for e in reg.entries():
         if args.pattern and e.name not in reg.names(args.pattern):
             continue
-        row = [e.name, ", ".join(e.aliases), e.info.get("summary", "")]
-        if args.what == "victims":
-            row[1:1] = list(_weights_cell(e.name))
-        if e.source != "builtin":
-            row[-1] += f" [plugin: {e.source}]"
-        rows.append(row)
-    for prefix in getattr(reg, "_prefixes", {}).values():
-        row = [prefix.name + "<id>", ", ".join(prefix.aliases), prefix.info.get("summary", "")]
-        if args.what == "victims":
-            row[1:1] = ["", ""]
-        rows.append(row)
-    headers = ["name", "aliases", "description"]
-    if args.what == "victims":
-        headers[1:1] = ["weights", "where"]
-    print(tabulate(rows, headers=headers, tablefmt="simple"))
+        desc = e.info.get("summary", "") + (
+            f" [plugin: {e.source}]" if e.source != "builtin" else ""
+        )
+        rows.append([e.name, ", ".join(e.aliases), desc])
+    print(tabulate(rows, headers=["name", "aliases", "description"], tablefmt="simple"))
     return 0
 
 
-def _weights_cell(name: str) -> tuple[str, str]:
-    from .victims import VICTIMS
+def _ls_victims(pattern: str | None) -> int:
+    """Every victim (and hf:<id> model in the local HF cache): weights found, and where."""
+    from tabulate import tabulate
 
-    try:
-        cls = VICTIMS.get(name)
-        st = cls.weights_status(cls.Config())
-    except UadbenchError as exc:
-        return "no", str(exc)
-    return ("found", st.where) if st.found else ("missing", f"looked in {st.detail}")
+    from .victims import VICTIMS
+    from .victims.status import list_status
+
+    rows = []
+    for name, st in list_status(pattern):
+        e = VICTIMS.entry(name)
+        desc = e.info.get("summary", "") + (
+            f" [plugin: {e.source}]" if e.source != "builtin" else ""
+        )
+        where = (
+            st.where
+            if st.found
+            else (st.detail if st.detail.startswith("needs ") else f"looked in {st.detail}")
+        )
+        rows.append([name, "found" if st.found else "missing", where, desc])
+    rows.append(
+        [
+            "hf:<hub id or path>",
+            "",
+            "local Hugging Face cache or a directory",
+            VICTIMS.entry("hf:x").info.get("summary", ""),
+        ]
+    )
+    print(
+        tabulate(
+            rows,
+            headers=["name", "weights", "where", "description"],
+            tablefmt="simple",
+            maxcolwidths=[None, None, 60, 50],
+        )
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

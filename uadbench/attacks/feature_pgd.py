@@ -79,7 +79,9 @@ def resolve_taps(surrogate, taps: tuple[int, ...]) -> tuple[int, ...]:
     return taps
 
 
-def surrogate_features(surrogate, x: torch.Tensor, taps: Sequence[int], amp: str = "none") -> list[torch.Tensor]:
+def surrogate_features(
+    surrogate, x: torch.Tensor, taps: Sequence[int], amp: str = "none"
+) -> list[torch.Tensor]:
     """``surrogate.features(x, taps)`` under autocast ``amp``, each tap cast to float32.
 
     x: float (B, 3, H, W) in [0, 1]. Returns one tensor per tap, batch first.
@@ -95,7 +97,9 @@ def sample_context(ctx: AttackContext, i: int) -> AttackContext:
     return AttackContext([ctx.sample_ids[i]], ctx.seed, prompts, ctx.draw_image)
 
 
-def sample_randn(ctx: AttackContext, shape: Sequence[int], salt: str, device: torch.device) -> torch.Tensor:
+def sample_randn(
+    ctx: AttackContext, shape: Sequence[int], salt: str, device: torch.device
+) -> torch.Tensor:
     """Standard normal noise of shape (B, *shape), row i drawn from image i's own seed.
 
     Drawn on the CPU and moved, so the numbers do not depend on the device.
@@ -116,7 +120,11 @@ def resize_image(img, hw: tuple[int, int], device: torch.device) -> torch.Tensor
 
 
 def draw_other_images(
-    ctx: AttackContext, hw: tuple[int, int], device: torch.device, generators: list | None = None, who: str = ""
+    ctx: AttackContext,
+    hw: tuple[int, int],
+    device: torch.device,
+    generators: list | None = None,
+    who: str = "",
 ) -> torch.Tensor:
     """One random *other* image of the dataset per batch image, resized to ``hw``:
     float (B, 3, H, W) in [0, 1]. ``generators``: per-image numpy generators (advanced
@@ -129,7 +137,10 @@ def draw_other_images(
         )
     if generators is None:
         generators = [sample_context(ctx, i).rng("target") for i in range(len(ctx.sample_ids))]
-    imgs = [resize_image(ctx.draw_image(g, sid), hw, device) for g, sid in zip(generators, ctx.sample_ids)]
+    imgs = [
+        resize_image(ctx.draw_image(g, sid), hw, device)
+        for g, sid in zip(generators, ctx.sample_ids)
+    ]
     return torch.stack(imgs)
 
 
@@ -152,16 +163,22 @@ def stacked_distance(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -
 
 def tap_cosine(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
     """Per-image mean over taps of the cosine between flattened tap outputs: shape (B,)."""
-    cos = [F.cosine_similarity(fa.flatten(1), fb.flatten(1), dim=1) for fa, fb in zip(feats_a, feats_b)]
+    cos = [
+        F.cosine_similarity(fa.flatten(1), fb.flatten(1), dim=1) for fa, fb in zip(feats_a, feats_b)
+    ]
     return torch.stack(cos).mean(dim=0)
 
 
-def signed_noise_init(x: torch.Tensor, ctx: AttackContext, radius: float, salt: str = "init") -> torch.Tensor:
+def signed_noise_init(
+    x: torch.Tensor, ctx: AttackContext, radius: float, salt: str = "init"
+) -> torch.Tensor:
     """x plus per-image uniform noise in [−radius, radius] (seeded per sample)."""
     return x + (sample_rand(ctx, tuple(x.shape[1:]), salt, x.device) * 2 - 1) * radius
 
 
-def sample_rand(ctx: AttackContext, shape: Sequence[int], salt: str, device: torch.device) -> torch.Tensor:
+def sample_rand(
+    ctx: AttackContext, shape: Sequence[int], salt: str, device: torch.device
+) -> torch.Tensor:
     """Uniform [0, 1) noise of shape (B, *shape), row i from image i's own seed."""
     rows = []
     for i in range(len(ctx.sample_ids)):
@@ -183,7 +200,9 @@ class FeatureAttack(Attack):
         """Features of fixed images (clean, target, competitor), without autograd."""
         return [f.detach() for f in self.feats(surrogate, x, taps)]
 
-    def run_pgd(self, x: torch.Tensor, loss_fn: Any, maximize: bool, x_init: torch.Tensor | None = None) -> torch.Tensor:
+    def run_pgd(
+        self, x: torch.Tensor, loss_fn: Any, maximize: bool, x_init: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """:meth:`Attack.pgd` with the fp16 loss scale applied (no-op otherwise)."""
         scale = loss_scale(self.config.amp)
         return self.pgd(x, lambda xa: loss_fn(xa) * scale, x_init=x_init, maximize=maximize)
@@ -217,4 +236,6 @@ class FeaturePGD(FeatureAttack):
         taps = resolve_taps(surrogate, self.config.taps)
         ref = self.ref_feats(surrogate, x, taps)
         x_init = signed_noise_init(x, ctx, self.config.alpha / 2)
-        return self.run_pgd(x, lambda xa: feature_distance(self.feats(surrogate, xa, taps), ref), True, x_init)
+        return self.run_pgd(
+            x, lambda xa: feature_distance(self.feats(surrogate, xa, taps), ref), True, x_init
+        )

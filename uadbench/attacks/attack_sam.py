@@ -1,0 +1,140 @@
+"""Attack-SAM and Attack-SAM-K: prompt-level attacks on the surrogate's mask logits."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..eval.prompts import PromptSet
+from .base import Attack, AttackConfig, AttackContext
+from .feature_pgd import autocast, check_amp, loss_scale, sample_context
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSamConfig(AttackConfig):
+    """``clip_max``: logit ceiling of the ClipMSE target (−10). ``amp``: autocast of the
+    surrogate, "none" | "bf16" | "fp16"."""
+
+    clip_max: float = -10.0
+    amp: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_amp(self.amp)
+
+
+def clip_mse(logits: torch.Tensor, clip_max: float) -> torch.Tensor:
+    """ClipMSE: MSE(m, clamp(m.detach(), max=clip_max)), mean over all elements (scalar).
+
+    Zero once every logit is ≤ clip_max; its gradient pushes the larger logits down."""
+    return F.mse_loss(logits, logits.detach().clamp(max=clip_max))
+
+
+class AttackSam(Attack):
+    """Attack-SAM, "Attack-SAM: Towards evaluating adversarial robustness of Segment
+    Anything Model" (Zhang et al., 2023).
+
+    Prompt-specific: with the evaluation prompts of each image (``ctx.prompts``), takes the
+    surrogate's low-resolution mask logits m (one mask per prompt) and minimises
+    ClipMSE = MSE(m, clamp(m.detach(), max=−10)), which drives every mask logit below −10
+    (the masks vanish).
+
+    Threat model: L∞, ε = 8/255, α = 2/255, 40 steps; white-box on the surrogate's full
+    SAM (encoder, prompt encoder, decoder) and on the prompts.
+
+    Args (``AttackSamConfig``): ``eps`` (8/255), ``alpha`` (2/255), ``steps`` (40),
+    ``clip_max`` (−10), ``amp`` ("none").
+
+    Shapes: ``perturb(x)`` with x float (B, 3, H, W) in [0, 1] → same shape; the
+    surrogate's ``mask_logits`` gives (P_i, h, w) per image.
+
+    Example::
+
+        uadbench run --attack attack-sam --victims sam-vit-b
+    """
+
+    name = "attack-sam"
+    Config = AttackSamConfig
+    uses_prompts = True
+
+    def prompts_for(self, x: torch.Tensor, ctx: AttackContext) -> list[PromptSet]:
+        """The prompts attacked, one :class:`PromptSet` per batch image."""
+        if ctx.prompts is None or len(ctx.prompts) != x.shape[0]:
+            raise ConfigError(
+                f"attack {self.name} is prompt-specific: pass one PromptSet per image in "
+                f"AttackContext.prompts (or use attack-sam-k, which draws its own)"
+            )
+        return list(ctx.prompts)
+
+    def loss(self, surrogate, x: torch.Tensor, prompts: Sequence[PromptSet]) -> torch.Tensor:
+        """Per-image ClipMSE of the mask logits: (B,). Images without prompts give 0."""
+        keep = [i for i, p in enumerate(prompts) if len(p)]
+        out = x.new_zeros(x.shape[0])
+        if not keep:
+            return out + 0.0 * x.sum()
+        with autocast(x.device, self.config.amp):
+            logits = surrogate.mask_logits(x[keep], [prompts[i] for i in keep])
+        vals = torch.stack([clip_mse(m.float(), self.config.clip_max) for m in logits])
+        return out.index_put((torch.tensor(keep, device=x.device),), vals)
+
+    def perturb(self, x: torch.Tensor, surrogate, ctx: AttackContext) -> torch.Tensor:
+        prompts = self.prompts_for(x, ctx)
+        scale = loss_scale(self.config.amp)
+        return self.pgd(x, lambda xa: self.loss(surrogate, xa, prompts) * scale, maximize=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSamKConfig(AttackSamConfig):
+    """``k``: number of random point prompts per image (400)."""
+
+    k: int = 400
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k < 1:
+            raise ValueError(f"k={self.k} must be at least 1")
+
+
+def random_point_prompts(h: int, w: int, k: int, rng: np.random.Generator) -> PromptSet:
+    """``k`` distinct pixel positions drawn uniformly over an (h, w) image, as positive
+    point prompts (x, y) (fewer if the image has fewer than ``k`` pixels)."""
+    n = min(k, h * w)
+    idx = rng.choice(h * w, size=n, replace=False)
+    pts = np.stack([idx % w, idx // w], axis=1).astype(np.float64)
+    return PromptSet.from_lists(points=[tuple(p) for p in pts])
+
+
+class AttackSamK(AttackSam):
+    """Attack-SAM-K: Attack-SAM with K = 400 random point prompts drawn uniformly over the
+    whole image (the prompt-agnostic variant the UAD paper reports).
+
+    The points are distinct pixels drawn once per image from (run seed, sample id) and
+    kept for all iterations; the evaluation prompts are not used.
+
+    Threat model: L∞, ε = 8/255, α = 2/255, 40 steps; white-box on the surrogate SAM,
+    prompt-agnostic.
+
+    Args (``AttackSamKConfig``): those of Attack-SAM plus ``k`` (400).
+
+    Shapes: ``perturb(x)`` with x float (B, 3, H, W) in [0, 1] → same shape.
+
+    Example::
+
+        uadbench run --attack attack-sam-k:k=100 --victims all
+    """
+
+    name = "attack-sam-k"
+    Config = AttackSamKConfig
+    uses_prompts = False
+
+    def prompts_for(self, x: torch.Tensor, ctx: AttackContext) -> list[PromptSet]:
+        h, w = x.shape[-2:]
+        return [
+            random_point_prompts(h, w, self.config.k, sample_context(ctx, i).rng("points"))
+            for i in range(x.shape[0])
+        ]
