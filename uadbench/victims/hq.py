@@ -32,10 +32,17 @@ import torch
 
 from ..errors import UadbenchError
 from ..eval.prompts import PromptSet
-from .base import VictimConfig, WeightsStatus
-from .checkpoints import find_checkpoint, load_state_dict_strict, read_state_dict
+from .base import VictimConfig
 from .download import WEIGHTS
-from .segment_anything import SAM_B, SAM_H, SAM_L, SamArch, SamFamilyVictim
+from .segment_anything import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    SAM_B,
+    SAM_H,
+    SAM_L,
+    CheckpointVictim,
+    SamArch,
+)
 
 HQ_INSTALL = "needs `pip install uadbench[hq]` (the segment_anything_hq package)"
 
@@ -168,8 +175,8 @@ def _hq_sam(m: ModuleType, encoder: torch.nn.Module, arch: Any, vit_dim: int) ->
             mask_in_chans=16,
         ),
         mask_decoder=_hq_decoder(m, arch.prompt_dim, vit_dim, arch),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
     )
 
 
@@ -207,33 +214,20 @@ class HqConfig(VictimConfig):
     hq_token_only: bool = False
 
 
-class HqSamVictim(SamFamilyVictim):
+class HqSamVictim(CheckpointVictim):
     """An HQ-SAM loaded from an official ``sam_hq_*.pth`` checkpoint."""
 
     Config = HqConfig
     arch: Any = None
-    filename: str = ""
-    url: str = ""
     hf_repo: str | None = "lkeab/hq-sam"
 
     @classmethod
-    def weights_status(cls, config: VictimConfig) -> WeightsStatus:
-        if not hq_available():
-            return WeightsStatus(False, "", HQ_INSTALL)
-        return find_checkpoint(cls.name, config.checkpoint, (cls.filename,), cls.hf_repo)
+    def requires(cls) -> tuple[bool, str]:
+        return hq_available(), HQ_INSTALL
 
     def _build_arch(self) -> torch.nn.Module:
         """This victim's architecture with random weights."""
         return build_hq_sam(self.arch)
-
-    def build(self) -> torch.nn.Module:
-        if not hq_available():
-            raise UadbenchError(f"victim {self.name!r} {HQ_INSTALL}")
-        path = self.weights_status(self.config).require(self.name)
-        sd = read_state_dict(path)  # before building: a bad file fails fast
-        model = self._build_arch()
-        load_state_dict_strict(model, sd, path, self.name)
-        return model
 
     def _encode_image(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         emb, interm = self.model.image_encoder(z)

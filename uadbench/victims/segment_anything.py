@@ -18,9 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UadbenchError
 from ..eval.prompts import PromptSet
 from .base import Victim, VictimConfig, WeightsStatus
-from .checkpoints import find_checkpoint, load_state_dict_file
+from .checkpoints import find_checkpoint, load_state_dict_strict, read_state_dict
+
+#: SAM's input normalisation (0–255 scale), shared by every SAM-family model
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +46,11 @@ class SamArch:
     iou_head_hidden_dim: int = 256
 
 
-def build_sam(arch: SamArch) -> torch.nn.Module:
-    """A ``segment_anything.modeling.Sam`` of the given size with random weights."""
+def build_sam(arch: SamArch, image_encoder: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A ``segment_anything.modeling.Sam`` of the given size with random weights.
+
+    ``image_encoder`` replaces the ViT (MobileSAM's TinyViT); it must output
+    ``arch.prompt_dim`` channels on an ``img_size/16`` grid."""
     from segment_anything.modeling import (
         ImageEncoderViT,
         MaskDecoder,
@@ -51,9 +59,9 @@ def build_sam(arch: SamArch) -> torch.nn.Module:
         TwoWayTransformer,
     )
 
-    emb = arch.img_size // arch.patch_size
-    return Sam(
-        image_encoder=ImageEncoderViT(
+    emb = arch.img_size // getattr(arch, "patch_size", 16)
+    if image_encoder is None:
+        image_encoder = ImageEncoderViT(
             img_size=arch.img_size,
             patch_size=arch.patch_size,
             embed_dim=arch.embed_dim,
@@ -66,7 +74,9 @@ def build_sam(arch: SamArch) -> torch.nn.Module:
             use_rel_pos=True,
             window_size=arch.window_size,
             global_attn_indexes=arch.global_attn,
-        ),
+        )
+    return Sam(
+        image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=arch.prompt_dim,
             image_embedding_size=(emb, emb),
@@ -85,8 +95,8 @@ def build_sam(arch: SamArch) -> torch.nn.Module:
             iou_head_depth=3,
             iou_head_hidden_dim=arch.iou_head_hidden_dim,
         ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
     )
 
 
@@ -218,22 +228,45 @@ SAM_L = SamArch(embed_dim=1024, depth=24, num_heads=16, global_attn=(5, 11, 17, 
 SAM_H = SamArch(embed_dim=1280, depth=32, num_heads=16, global_attn=(7, 15, 23, 31))
 
 
-class OfficialSam(SamFamilyVictim):
-    """A SAM loaded from the official segment-anything ``.pth`` checkpoint."""
+class CheckpointVictim(SamFamilyVictim):
+    """A SAM-family victim whose weights are one published checkpoint file.
+
+    Subclasses set ``filename`` (searched in the checkpoint dirs), optionally ``hf_repo``
+    (a hub repo holding that file, searched in the local HF cache), ``requires`` (a
+    ``(available, message)`` check of an optional package) and ``_build_arch``."""
 
     filename: str = ""
     url: str = ""
+    hf_repo: str | None = None
+
+    @classmethod
+    def requires(cls) -> tuple[bool, str]:
+        return True, ""
 
     @classmethod
     def weights_status(cls, config: VictimConfig) -> WeightsStatus:
-        return find_checkpoint(cls.name, config.checkpoint, (cls.filename,))
+        ok, why = cls.requires()
+        if not ok:
+            return WeightsStatus(False, "", why)
+        return find_checkpoint(cls.name, config.checkpoint, (cls.filename,), cls.hf_repo)
+
+    def _build_arch(self) -> torch.nn.Module:
+        """This victim's architecture with random weights."""
+        return build_sam(self.arch)
 
     def build(self) -> torch.nn.Module:
-        status = self.weights_status(self.config)
-        path = status.require(self.name)
-        model = build_sam(self.arch)
-        load_state_dict_file(model, path, self.name)
+        ok, why = self.requires()
+        if not ok:
+            raise UadbenchError(f"victim {self.name!r} {why}")
+        path = self.weights_status(self.config).require(self.name)
+        sd = read_state_dict(path)  # before building the model: a bad file fails fast
+        model = self._build_arch()
+        load_state_dict_strict(model, sd, path, self.name)
         return model
+
+
+class OfficialSam(CheckpointVictim):
+    """A SAM loaded from the official segment-anything ``.pth`` checkpoint."""
 
 
 class SamViTB(OfficialSam):
