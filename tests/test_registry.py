@@ -155,3 +155,11 @@ def test_entry_point_plugin_is_discovered_and_runs(plugin_path, tmp_path):
     assert set(rows.attack) == {"clean", "sign-noise"}
     pngs = list((out / "adv").glob("sign-noise-*/**/*.png"))
     assert len(pngs) == 1
+
+
+def test_unregister_removes_name_and_aliases():
+    reg = Registry("thing", dict)
+    reg.register("x", dict, aliases=("ex",))
+    reg.unregister("ex")
+    assert "x" not in reg and "ex" not in reg
+    reg.register("x", dict)  # the name is free again

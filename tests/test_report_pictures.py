@@ -83,12 +83,19 @@ class _BrightVictim(Victim):
         return torch.stack(out)
 
 
-for reg, name, cls in (
-    (DATASETS, "report-test-pngs", _PngFolder),
-    (VICTIMS, "report-test-bright", _BrightVictim),
-):
-    if name not in reg:
+@pytest.fixture(autouse=True)
+def _test_plugins():
+    """Register this module's test dataset and victim for its tests only: the registries
+    are global, and other modules parametrize over them."""
+    plugins = (
+        (DATASETS, "report-test-pngs", _PngFolder),
+        (VICTIMS, "report-test-bright", _BrightVictim),
+    )
+    for reg, name, cls in plugins:
         reg.register(name, cls)
+    yield
+    for reg, name, _ in plugins:
+        reg.unregister(name)
 
 
 SEED = 3  # the run's seed: part of the adversarial cache path

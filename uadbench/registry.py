@@ -107,6 +107,13 @@ class Registry(Generic[T]):
             self._check(entry, entry.target)
         return target
 
+    def unregister(self, name: str) -> None:
+        """Remove a name and its aliases (tests and interactive sessions)."""
+        key = self.canonical(name).lower()
+        entry = self._entries.pop(key)
+        for a in entry.aliases:
+            self._aliases.pop(a.lower(), None)
+
     def _check(self, entry: Entry, obj: Any) -> None:
         if self.base is None:
             return
