@@ -67,6 +67,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="accepted for clarity; rerunning always resumes"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="rerun only the jobs in failures.jsonl"
+    )
+    p.add_argument(
+        "--executor", default="local", choices=["local", "ray"], help="local (default) or ray"
+    )
+    p.add_argument("--ray-address", default=None, help="with --executor ray: join this cluster")
+    p.add_argument(
+        "--gpus-per-model",
+        type=float,
+        default=None,
+        help="with --executor ray: GPUs per model actor",
+    )
     p.add_argument("--format", default="terminal", help="format of the final leaderboard")
 
 
@@ -87,6 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         strict=args.strict,
         progress=not args.no_progress,
+        executor=args.executor,
+        retry_failed=args.retry_failed,
+        executor_options=_executor_options(args),
     )
     return _finish(res, args)
 

@@ -1,0 +1,189 @@
+"""The tiny zoo: shipped weights load, segment held-out scenes well, follow their prompts,
+fail clearly when the file is bad, and ``zoo train`` reproduces weights from a seed."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from uadbench.cli import main
+from uadbench.datasets.sa1b import SA1B
+from uadbench.datasets.synthetic import generate
+from uadbench.errors import MissingCheckpointError, UadbenchError
+from uadbench.eval.metrics import iou
+from uadbench.eval.prompts import PromptSet, sample_prompts
+from uadbench.victims import VICTIMS
+from uadbench.zoo import ZOO_NAMES
+from uadbench.zoo.models import ZOO, shipped_weights
+
+MAX_BYTES = 8 * 1024 * 1024
+#: box-prompt mIoU (%) a shipped model must reach on the 4 held-out scenes: the untrained
+#: seeded-sam-tiny scores ~6 there, the shipped zoo-vit-sam ~62
+BOX_BAR = 50.0
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """4 synthetic scenes from a seed no zoo model was trained or evaluated on."""
+    root = tmp_path_factory.mktemp("heldout")
+    generate(root, 4, seed=4242, size=(256, 256), split="test")
+    ds = SA1B(SA1B.Config(root=str(root), strict=True))
+    return [ds.load(i) for i in ds.ids()]
+
+
+def box_miou(victim, samples) -> float:
+    """Mean IoU (%) of the paper protocol's box prompts over ``samples``."""
+    ious = []
+    for s in samples:
+        p = sample_prompts("zoo-test", s.id, s.hw, s.masks, s.boxes, seed=0)
+        p = p.subset(np.flatnonzero(p.is_box))
+        ious.append(iou(victim.predict(s.image, p), s.masks[p.mask_index]))
+    return float(np.concatenate(ious).mean())
+
+
+@pytest.fixture(scope="module")
+def zoo_victims():
+    return {n: VICTIMS.get(n)(None) for n in ZOO_NAMES}
+
+
+def test_every_zoo_model_is_registered_and_shipped():
+    assert set(ZOO_NAMES) == set(ZOO)
+    for name in ZOO_NAMES:
+        cls = VICTIMS.get(name)
+        assert cls is ZOO[name]
+        path = shipped_weights(name)
+        assert path.is_file(), f"{path} missing: run `uadbench zoo train {name}`"
+        assert path.stat().st_size <= MAX_BYTES
+        st = cls.weights_status(cls.Config())
+        assert st.found and st.where == str(path)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_model_segments_held_out_scenes(name, zoo_victims, held_out):
+    v = zoo_victims[name]
+    assert box_miou(v, held_out) >= BOX_BAR
+
+
+def test_untrained_model_fails_the_same_check(held_out):
+    v = VICTIMS.get("seeded-sam-tiny")(None)
+    assert box_miou(v, held_out) < BOX_BAR
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_masks_follow_the_prompts(name, zoo_victims, held_out):
+    """Points on two different objects give two different masks, each on its object."""
+    v = zoo_victims[name]
+    s = max(held_out, key=lambda s: np.sort(s.masks.sum((1, 2)))[-2])  # two big objects
+    a, b = np.argsort(-s.masks.sum((1, 2)))[:2]
+    pts = []
+    for m in (a, b):  # the pixel deepest inside each mask
+        dist = ndimage.distance_transform_edt(s.masks[m])
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        pts.append((float(x), float(y)))
+    pred = v.predict(s.image, PromptSet.from_lists(points=pts))
+    assert pred.shape == (2, *s.hw) and pred.dtype == bool
+    assert iou(pred[0], pred[1]) < 30.0
+    assert iou(pred[0], s.masks[a]) > iou(pred[0], s.masks[b])
+    assert iou(pred[1], s.masks[b]) > iou(pred[1], s.masks[a])
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO_NAMES if ZOO[n].is_surrogate])
+def test_surrogate_features_early_exit_and_gradients(name, zoo_victims):
+    v = zoo_victims[name]
+    taps = v.default_taps()
+    x = torch.rand(1, 3, 96, 120, requires_grad=True)
+    feats = v.features(x, taps)
+    assert len(feats) == len(taps)
+    sum(f.square().mean() for f in feats).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # a shallower tap is the same tensor whether or not deeper blocks were asked for
+    f0 = v.features(x.detach(), taps[:1])[0]
+    torch.testing.assert_close(f0, feats[0].detach())
+    logits = v.mask_logits(
+        x.detach(), [PromptSet.from_lists(points=[(30, 40)], boxes=[(10, 10, 80, 60)])]
+    )
+    assert logits[0].shape[0] == 2
+
+
+def test_missing_weights_name_the_file_and_the_train_command(tmp_path):
+    cls = ZOO["zoo-vit-sam"]
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(MissingCheckpointError) as ei:
+        _ = cls(cls.Config(checkpoint=str(missing))).model
+    msg = str(ei.value)
+    assert "\n" not in msg and str(missing) in msg and "uadbench zoo train zoo-vit-sam" in msg
+
+
+def test_corrupt_weights_name_the_file_and_the_train_command(tmp_path):
+    cls = ZOO["zoo-vit-sam"]
+    bad = tmp_path / "zoo-vit-sam.safetensors"
+    bad.write_bytes(b"\x00\x01 not safetensors at all")
+    with pytest.raises(UadbenchError) as ei:
+        _ = cls(cls.Config(checkpoint=str(bad))).model
+    msg = str(ei.value)
+    assert "\n" not in msg and str(bad) in msg and "uadbench zoo train zoo-vit-sam" in msg
+
+
+def test_weights_of_another_model_are_refused(tmp_path):
+    cls = ZOO["zoo-hq-sam"]
+    with pytest.raises(UadbenchError, match="zoo train zoo-hq-sam"):
+        _ = cls(cls.Config(checkpoint=str(shipped_weights("zoo-vit-sam")))).model
+
+
+def test_zoo_train_tiny_run_is_reproducible(tmp_path, capsys):
+    """3 steps end to end through the CLI; the same seed twice gives identical weights."""
+    from safetensors.torch import load_file
+
+    args = [
+        "zoo",
+        "train",
+        "zoo-vit-sam",
+        "--steps",
+        "3",
+        "--train-images",
+        "4",
+        "--batch-images",
+        "2",
+        "--prompts",
+        "4",
+        "--eval-images",
+        "2",
+        "--seed",
+        "5",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    wa, wb = tmp_path / "a" / "zoo-vit-sam.safetensors", tmp_path / "b" / "zoo-vit-sam.safetensors"
+    sa, sb = load_file(str(wa)), load_file(str(wb))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    card = (tmp_path / "a" / "zoo-vit-sam.md").read_text()
+    assert "uadbench zoo train zoo-vit-sam --seed 5 --steps 3" in card
+    assert re.search(r"\| points \| \d+\.\d \|", card)
+    # the trained file loads into the victim and predicts
+    cls = ZOO["zoo-vit-sam"]
+    v = cls(cls.Config(checkpoint=str(wa)))
+    out = v.predict(np.zeros((64, 80, 3), np.uint8), PromptSet.from_lists(points=[(5, 5)]))
+    assert out.shape == (1, 64, 80)
+    # another seed gives other weights
+    assert main([*args[:-1], "6", "--out", str(tmp_path / "c")]) == 0
+    sc = load_file(str(tmp_path / "c" / "zoo-vit-sam.safetensors"))
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_model_card_states_measured_miou(name):
+    card = shipped_weights(name).with_suffix(".md")
+    assert card.is_file()
+    text = card.read_text()
+    m = re.search(r"Clean mIoU on (\d+) held-out", text)
+    assert m and int(m.group(1)) >= 100
+    pts = re.search(r"\| points \| (\d+\.\d) \|", text)
+    box = re.search(r"\| boxes \| (\d+\.\d) \|", text)
+    assert pts and box
+    assert f"uadbench zoo train {name}" in text and "wall time" in text

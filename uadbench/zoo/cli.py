@@ -1,0 +1,137 @@
+"""``uadbench zoo train NAME`` and ``uadbench zoo eval NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+ZOO_EPILOG = """examples:
+  uadbench zoo train zoo-vit-sam --out zoo-models          # ~15 min on 2 CPU cores
+  uadbench zoo train zoo-vit-sam --seed 1 --steps 300 --out /tmp/zoo
+  uadbench zoo eval zoo-vit-sam                            # the shipped weights, 200 held-out scenes
+  uadbench zoo eval zoo-vit-sam --checkpoint zoo-models/zoo-vit-sam.safetensors --n 100"""
+
+
+def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``zoo train`` and ``zoo eval`` to the ``uadbench`` command."""
+    from .models import ZOO
+
+    p = subparsers.add_parser(
+        "zoo",
+        help="train or evaluate the tiny zoo models (small SAM-style victims trained on synthetic scenes)",
+        epilog=ZOO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
+    names = ", ".join(ZOO)
+
+    t = sub.add_parser(
+        "train",
+        help="train a zoo model from scratch on synthetic scenes",
+        epilog=ZOO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("name", help=f"zoo model: {names}")
+    t.add_argument(
+        "--seed", type=int, default=0, help="training seed (default 0, the shipped weights)"
+    )
+    t.add_argument("--out", default="zoo-models", help="directory for NAME.safetensors and NAME.md")
+    t.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (default: the model's recipe)"
+    )
+    t.add_argument(
+        "--train-images", type=int, default=None, help="synthetic training scenes (default 4000)"
+    )
+    t.add_argument("--batch-images", type=int, default=None, help="images per step (default 8)")
+    t.add_argument(
+        "--prompts", type=int, default=None, help="prompts decoded per image per step (default 24)"
+    )
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument(
+        "--data-seed", type=int, default=None, help="seed of the synthetic training scenes"
+    )
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1: fastest on a shared 2-core machine)",
+    )
+    t.add_argument(
+        "--teacher",
+        default=None,
+        help="zoo model to distill the encoder from and start the decoder from ('none': train alone)",
+    )
+    t.add_argument(
+        "--teacher-checkpoint", default=None, help="teacher weights (default: its shipped file)"
+    )
+    t.add_argument(
+        "--eval-images",
+        type=int,
+        default=200,
+        help="held-out test scenes evaluated at the end (0: skip)",
+    )
+    t.set_defaults(func=cmd_zoo_train)
+
+    e = sub.add_parser(
+        "eval",
+        help="clean mIoU of a zoo model on held-out synthetic scenes",
+        epilog=ZOO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("name", help=f"zoo model: {names}")
+    e.add_argument("--checkpoint", default=None, help="weights file (default: the shipped one)")
+    e.add_argument(
+        "--n", type=int, default=200, help="held-out synthetic test scenes (default 200)"
+    )
+    e.add_argument("--seed", type=int, default=0, help="seed of the test scenes and prompts")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_zoo_eval)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def cmd_zoo_train(args: argparse.Namespace) -> int:
+    from .train import RECIPES, TrainConfig, train, zoo_class
+
+    zoo_class(args.name)
+    cfg = RECIPES.get(args.name, TrainConfig())
+    overrides = {
+        "seed": args.seed,
+        "steps": args.steps,
+        "train_images": args.train_images,
+        "batch_images": args.batch_images,
+        "prompts_per_image": args.prompts,
+        "lr": args.lr,
+        "data_seed": args.data_seed,
+        "threads": args.threads,
+        "teacher": None
+        if args.teacher is None
+        else ("" if args.teacher.lower() == "none" else args.teacher),
+    }
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    res = train(
+        args.name,
+        cfg,
+        out_dir=args.out,
+        eval_images=args.eval_images,
+        progress=lambda s: print(s, flush=True),
+        teacher_checkpoint=args.teacher_checkpoint,
+    )
+    print(
+        f"wrote {res.weights} ({res.weights.stat().st_size / 1e6:.2f} MB) and {res.card}; "
+        f"training took {res.seconds / 60:.1f} min"
+    )
+    return 0
+
+
+def cmd_zoo_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate, zoo_class
+
+    zoo_class(args.name)
+    r = evaluate(
+        args.name, checkpoint=args.checkpoint, n=args.n, seed=args.seed, device=args.device
+    )
+    print(
+        f"{args.name}: clean mIoU on {r['n_images']} held-out synthetic scenes ({r['n_prompts']} prompts): "
+        f"points {r['miou_point']:.1f}, boxes {r['miou_box']:.1f}, all {r['miou']:.1f} ({r['seconds']:.0f}s)"
+    )
+    return 0
