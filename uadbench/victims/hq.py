@@ -24,7 +24,6 @@ import dataclasses
 import importlib.util
 import warnings
 from collections.abc import Sequence
-from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -42,6 +41,7 @@ from .segment_anything import (
     SAM_L,
     CheckpointVictim,
     SamArch,
+    vit_encoder,
 )
 
 HQ_INSTALL = "needs `pip install uadbench[hq]` (the segment_anything_hq package)"
@@ -183,20 +183,7 @@ def _hq_sam(m: ModuleType, encoder: torch.nn.Module, arch: Any, vit_dim: int) ->
 def build_hq_sam(arch: SamArch) -> torch.nn.Module:
     """An HQ-SAM with a ViT encoder of the given size (``segment_anything_hq``), random weights."""
     m = hq_modeling()
-    encoder = m.ImageEncoderViT(
-        img_size=arch.img_size,
-        patch_size=arch.patch_size,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=4,
-        out_chans=arch.prompt_dim,
-        qkv_bias=True,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=arch.window_size,
-        global_attn_indexes=arch.global_attn,
-    )
+    encoder = vit_encoder(m.ImageEncoderViT, arch)
     return _hq_sam(m, encoder, arch, vit_dim=arch.embed_dim)
 
 

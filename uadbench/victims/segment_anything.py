@@ -46,6 +46,25 @@ class SamArch:
     iou_head_hidden_dim: int = 256
 
 
+def vit_encoder(encoder_cls: type, arch: SamArch) -> torch.nn.Module:
+    """SAM's ViT image encoder of ``arch`` from ``encoder_cls`` (segment_anything's
+    ``ImageEncoderViT`` or segment_anything_hq's, which share the signature)."""
+    return encoder_cls(
+        img_size=arch.img_size,
+        patch_size=arch.patch_size,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        mlp_ratio=4,
+        out_chans=arch.prompt_dim,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=arch.window_size,
+        global_attn_indexes=arch.global_attn,
+    )
+
+
 def build_sam(arch: SamArch, image_encoder: torch.nn.Module | None = None) -> torch.nn.Module:
     """A ``segment_anything.modeling.Sam`` of the given size with random weights.
 
@@ -61,20 +80,7 @@ def build_sam(arch: SamArch, image_encoder: torch.nn.Module | None = None) -> to
 
     emb = arch.img_size // getattr(arch, "patch_size", 16)
     if image_encoder is None:
-        image_encoder = ImageEncoderViT(
-            img_size=arch.img_size,
-            patch_size=arch.patch_size,
-            embed_dim=arch.embed_dim,
-            depth=arch.depth,
-            num_heads=arch.num_heads,
-            mlp_ratio=4,
-            out_chans=arch.prompt_dim,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=arch.window_size,
-            global_attn_indexes=arch.global_attn,
-        )
+        image_encoder = vit_encoder(ImageEncoderViT, arch)
     return Sam(
         image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(
