@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean baselines
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(BIN)/.installed
 # Speed benchmarks with their ratio targets asserted.
 bench: $(BIN)/.installed
 	UADBENCH_BENCH=1 $(BIN)/pytest tests/benchmarks --benchmark-enable -q
+
+# Regenerate the committed CI baselines in results/baselines/ (after retraining the zoo or a
+# deliberate change of defaults); `make baselines ONLY=embedded-default` for one of them.
+baselines: $(BIN)/.installed
+	$(BIN)/python scripts/make_baselines.py $(foreach n,$(ONLY),--only $(n))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -144,3 +144,20 @@ def test_check_on_run_directories_and_missing_pairs(tmp_path, runs):
         check(tmp_path / "cur", tmp_path / "base", what="speed")
     with pytest.raises(UadbenchError, match="share no"):
         check_rows(cur[cur["victim"] == "v1"], base[base["victim"] == "v2"])
+
+
+def test_strict_check_fails_on_a_missing_pair(tmp_path, runs, capsys):
+    from uadbench.cli import main
+
+    base, cur = runs
+    for name, rows in (("base", base), ("cur", cur[cur["attack"] != "tap"])):
+        d = tmp_path / name
+        atomic_write_json(d / "manifest.json", {"format": "uadbench-run/1"})
+        write_shard(d / "rows" / "all.parquet", rows.to_dict("records"))
+    ok, _ = check(tmp_path / "cur", tmp_path / "base", strict=True)
+    assert not ok
+    args = [str(tmp_path / "cur"), "--baseline", str(tmp_path / "base")]
+    assert main(["check", *args]) == 0
+    assert main(["check", *args, "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "missing from the run (--strict)" in out and "tap" in out

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -113,7 +114,7 @@ def sample_randn(
 
 def resize_image(img, hw: tuple[int, int], device: torch.device) -> torch.Tensor:
     """RGB uint8 (h, w, 3) → float (3, H, W) in [0, 1] at size ``hw`` (bilinear, antialiased)."""
-    t = torch.as_tensor(img).permute(2, 0, 1).float().div(255.0)[None]
+    t = torch.as_tensor(np.asarray(img).copy()).permute(2, 0, 1).float().div(255.0)[None]
     if tuple(t.shape[-2:]) != tuple(hw):
         t = F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
     return t[0].clamp(0, 1).to(device)

@@ -67,9 +67,11 @@ def check_rows(
     alpha: float = 0.05,
     what: str = "attack",
     margin: float = 0.0,
+    strict: bool = False,
 ) -> tuple[bool, pd.DataFrame]:
     """:func:`check` on row frames. Returns ``(ok, table)``; ``ok`` is False only if some
-    line is a significant regression. ``table`` columns: ``attack, victim, metric,
+    line is a significant regression (or, with ``strict``, some baseline pair is missing
+    from the current run). ``table`` columns: ``attack, victim, metric,
     baseline, current, delta`` (current − baseline, %), ``n_base, n_current`` (images),
     ``test, p, p_adj, verdict`` (``REGRESSION``, ``ok`` or ``missing``)."""
     if what not in WHATS:
@@ -153,7 +155,8 @@ def check_rows(
             "the run and the baseline share no (attack, victim) pair to check; "
             "was the baseline made with the same attacks and victims?"
         )
-    return not bool(reg.any()), table
+    missing = table["verdict"] == "missing"
+    return not bool(reg.any() or (strict and missing.any())), table
 
 
 def check(
@@ -163,15 +166,22 @@ def check(
     alpha: float = 0.05,
     what: str = "attack",
     margin: float = 0.0,
+    strict: bool = False,
 ) -> tuple[bool, pd.DataFrame]:
     """Compare the run in ``run_dir`` with the baseline run in ``baseline_dir``.
 
     Returns ``(ok, table)`` (see :func:`check_rows`); ``ok`` is False only when a
     drop in attack strength (``what="attack"``) or victim robustness
-    (``what="robustness"``) is significant after Holm correction at ``alpha``.
+    (``what="robustness"``) is significant after Holm correction at ``alpha``, or, with
+    ``strict``, when an (attack, victim) pair of the baseline is missing from the run.
     """
     return check_rows(
-        load_rows(run_dir), load_rows(baseline_dir), alpha=alpha, what=what, margin=margin
+        load_rows(run_dir),
+        load_rows(baseline_dir),
+        alpha=alpha,
+        what=what,
+        margin=margin,
+        strict=strict,
     )
 
 

@@ -71,15 +71,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .check import check, render_check
 
-    ok, table = check(args.run, args.baseline, alpha=args.alpha, what=args.what, margin=args.margin)
+    ok, table = check(
+        args.run,
+        args.baseline,
+        alpha=args.alpha,
+        what=args.what,
+        margin=args.margin,
+        strict=args.strict,
+    )
     text = render_check(table, args.format)
     n_reg = int((table["verdict"] == "REGRESSION").sum())
+    n_missing = int(table.drop_duplicates(["attack", "victim"])["verdict"].eq("missing").sum())
     what = "attack strength" if args.what == "attack" else "victim robustness"
-    summary = (
-        f"OK: no significant drop in {what} (Holm, alpha={args.alpha})"
-        if ok
-        else f"FAIL: {n_reg} significant drop(s) in {what} (Holm, alpha={args.alpha})"
-    )
+    if ok:
+        summary = f"OK: no significant drop in {what} (Holm, alpha={args.alpha})"
+    elif n_reg:
+        summary = f"FAIL: {n_reg} significant drop(s) in {what} (Holm, alpha={args.alpha})"
+    else:
+        summary = ""
+    if args.strict and n_missing:
+        summary = (summary + "; " if summary else "FAIL: ") + (
+            f"{n_missing} baseline (attack, victim) pair(s) missing from the run (--strict)"
+        )
     _emit(text + ("" if args.format == "csv" else summary + "\n"), args.out)
     if args.out or args.format == "csv":
         print(summary, file=sys.stderr)
@@ -200,7 +213,8 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  uadbench check results/ci --baseline results/baselines/ci\n"
         "  uadbench check results/ci --baseline results/baselines/ci --alpha 0.01 --margin 2\n"
-        "  uadbench check results/ci --baseline results/baselines/ci --what robustness",
+        "  uadbench check results/ci --baseline results/baselines/ci --what robustness\n"
+        "  uadbench check results/ci --baseline results/baselines/ci --strict   # in CI",
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("--baseline", required=True, metavar="DIR", help="baseline run directory")
@@ -211,6 +225,11 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="tolerated change in percentage points (default 0)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail when an (attack, victim) pair of the baseline is missing from RUN",
     )
     p.add_argument("--format", choices=fmts, default="terminal")
     p.add_argument("--out", help="write the table to this file")
