@@ -221,3 +221,14 @@ def test_eval_adds_a_victim_without_reattacking(tmp_path):
     assert {k: v for k, v in _files(out).items() if k.endswith(".png")} == {
         k: v for k, v in pngs.items() if k.endswith(".png")
     }
+
+
+def test_summary_line_reports_speed_only_when_something_ran():
+    from uadbench.engine.local import Summary
+
+    idle = Summary(
+        attack_jobs=3, attack_skipped=3, eval_jobs=3, eval_skipped=3, seconds=2.0, images=6
+    )
+    assert "nothing left to run" in idle.line() and "images/s" not in idle.line()
+    busy = Summary(attack_jobs=3, attack_done=3, eval_jobs=3, eval_done=3, seconds=2.0, images=6)
+    assert "3.00 images/s" in busy.line()

@@ -39,11 +39,15 @@ class Summary:
         return d
 
     def line(self) -> str:
-        rate = self.images / self.seconds if self.seconds > 0 else 0.0
+        if self.attack_done or self.eval_done:
+            rate = self.images / self.seconds if self.seconds > 0 else 0.0
+            speed = f"{self.seconds:.1f} s wall ({rate:.2f} images/s)"
+        else:
+            speed = f"{self.seconds:.1f} s wall (nothing left to run)"
         return (
             f"attack jobs {self.attack_done} run + {self.attack_skipped} cached of {self.attack_jobs}; "
             f"eval jobs {self.eval_done} run + {self.eval_skipped} done before of {self.eval_jobs}; "
-            f"{len(self.failures)} failed; {self.seconds:.1f} s wall ({rate:.2f} images/s)"
+            f"{len(self.failures)} failed; {speed}"
         )
 
 

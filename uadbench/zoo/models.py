@@ -111,6 +111,25 @@ class ConvStem(nn.Module):
         return self.body(x)
 
 
+def decoder_kwargs(arch: SamArch) -> dict[str, Any]:
+    """Keyword arguments of a SAM-style mask decoder for ``arch`` (3 multimask outputs, a
+    two-way transformer of ``arch.decoder_depth`` layers), the transformer built now."""
+    from segment_anything.modeling import TwoWayTransformer
+
+    return {
+        "num_multimask_outputs": 3,
+        "transformer": TwoWayTransformer(
+            depth=arch.decoder_depth,
+            embedding_dim=arch.prompt_dim,
+            mlp_dim=arch.decoder_mlp_dim,
+            num_heads=arch.decoder_heads,
+        ),
+        "transformer_dim": arch.prompt_dim,
+        "iou_head_depth": 3,
+        "iou_head_hidden_dim": arch.iou_head_hidden_dim,
+    }
+
+
 def build_zoo_sam(arch: SamArch) -> nn.Module:
     """``build_sam(arch)`` with a :class:`ConvStem` as the ViT's patch projection."""
     model = build_sam(arch)
@@ -258,7 +277,6 @@ class ZooHQSam(ZooVictim):
 
     @classmethod
     def new_model(cls) -> nn.Module:
-        from segment_anything.modeling import TwoWayTransformer
 
         with warnings.catch_warnings():  # the package's __init__ imports timm's deprecated paths
             warnings.simplefilter("ignore")
@@ -266,19 +284,7 @@ class ZooHQSam(ZooVictim):
 
         a = cls.arch
         model = build_zoo_sam(a)
-        model.mask_decoder = MaskDecoderHQ(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=a.decoder_depth,
-                embedding_dim=a.prompt_dim,
-                mlp_dim=a.decoder_mlp_dim,
-                num_heads=a.decoder_heads,
-            ),
-            transformer_dim=a.prompt_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=a.iou_head_hidden_dim,
-            vit_dim=a.embed_dim,
-        )
+        model.mask_decoder = MaskDecoderHQ(**decoder_kwargs(a), vit_dim=a.embed_dim)
         return model
 
     def _encode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
