@@ -187,3 +187,53 @@ def test_model_card_states_measured_miou(name):
     box = re.search(r"\| boxes \| (\d+\.\d) \|", text)
     assert pts and box
     assert f"uadbench zoo train {name}" in text and "wall time" in text
+
+
+def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in step 3 of 4 keeps the state saved after step 2; --resume ends with the
+    weights of an uninterrupted run; a resume with other settings is refused."""
+    from safetensors.torch import load_file
+
+    from uadbench.zoo import train as zoo_train
+
+    args = ["zoo", "train", "zoo-vit-sam", "--steps", "4", "--train-images", "4"]
+    args += ["--batch-images", "2", "--prompts", "4", "--eval-images", "0", "--save-every", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+
+    real, calls = zoo_train.seg_loss, []
+
+    def interrupting(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # first image of step 3
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(zoo_train, "seg_loss", interrupting)
+    out_b = tmp_path / "b"
+    assert main([*args, "--out", str(out_b)]) == 130
+    monkeypatch.setattr(zoo_train, "seg_loss", real)
+    state = out_b / "zoo-vit-sam.train-state.pt"
+    assert state.is_file() and not (out_b / "zoo-vit-sam.safetensors").exists()
+
+    capsys.readouterr()
+    other = [a if a != "4" else "5" for a in args]  # --steps 5: other settings
+    assert main([*other, "--out", str(out_b), "--resume"]) == 2
+    assert "other training settings" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "c"), "--resume"]) == 2  # nothing to resume
+
+    counted = []
+
+    def counting(*a, **k):
+        counted.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(zoo_train, "seg_loss", counting)
+    assert main([*args, "--out", str(out_b), "--resume"]) == 0
+    assert len(counted) == 2 * 2  # steps 3 and 4 only, 2 images each
+    assert "resuming at step 2/4" in capsys.readouterr().out
+    assert not state.exists()
+    wa = load_file(str(tmp_path / "a" / "zoo-vit-sam.safetensors"))
+    wb = load_file(str(out_b / "zoo-vit-sam.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

@@ -65,6 +65,17 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         "--teacher-checkpoint", default=None, help="teacher weights (default: its shipped file)"
     )
     t.add_argument(
+        "--save-every",
+        type=int,
+        default=100,
+        help="steps between saves of the training state (for --resume; 0: never)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/NAME.train-state.pt (see --save-every) with the same flags",
+    )
+    t.add_argument(
         "--eval-images",
         type=int,
         default=200,
@@ -115,6 +126,8 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         eval_images=args.eval_images,
         progress=lambda s: print(s, flush=True),
         teacher_checkpoint=args.teacher_checkpoint,
+        resume=args.resume,
+        save_every=args.save_every,
     )
     print(
         f"wrote {res.weights} ({res.weights.stat().st_size / 1e6:.2f} MB) and {res.card}; "

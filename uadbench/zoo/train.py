@@ -207,11 +207,18 @@ def train(
     eval_seed: int = 0,
     progress: Callable[[str], None] | None = None,
     teacher_checkpoint: str | Path | None = None,
+    resume: bool = False,
+    save_every: int = 100,
 ) -> TrainResult:
     """Train zoo model ``name`` from scratch; write ``<out_dir>/<name>.safetensors`` and
     ``<name>.md``. ``eval_images`` held-out synthetic test images are evaluated with the
     paper's prompt protocol at the end (0 skips it). With ``config.teacher``, the teacher's
-    weights come from ``teacher_checkpoint`` (default: the shipped file)."""
+    weights come from ``teacher_checkpoint`` (default: the shipped file).
+
+    Every ``save_every`` steps the whole training state (weights, optimizer, random
+    generators, step) goes to ``<out_dir>/<name>.train-state.pt``; with ``resume`` training
+    continues from it and ends with the same weights as an uninterrupted run (long runs
+    can be split over several sessions or survive Ctrl-C). The file is removed at the end."""
     cls = zoo_class(name)
     cfg = config or RECIPES.get(name, TrainConfig())
     if cfg.steps < 1 or cfg.batch_images < 1 or cfg.prompts_per_image < 2 or cfg.train_images < 1:
@@ -238,12 +245,14 @@ def train(
             ck = str(teacher_checkpoint) if teacher_checkpoint else None
             teacher = tcls(tcls.Config(checkpoint=ck))
             _ = teacher.model  # load now: a missing teacher fails before training
-        model = _fit(cls, data, cfg, say, teacher)
-        seconds = time.perf_counter() - t0
+        state_path = out / f"{name}.train-state.pt"
+        model, before = _fit(cls, data, cfg, say, teacher, state_path, resume, save_every)
+        seconds = before + time.perf_counter() - t0
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
     weights = out / f"{name}.safetensors"
+    state_path.unlink(missing_ok=True)
     save_weights(
         model, weights, {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
     )
@@ -279,7 +288,11 @@ def _fit(
     cfg: TrainConfig,
     say: Callable[[str], None],
     teacher: ZooVictim | None = None,
-) -> torch.nn.Module:
+    state_path: Path | None = None,
+    resume: bool = False,
+    save_every: int = 100,
+) -> tuple[torch.nn.Module, float]:
+    """Train; returns (model in eval mode, seconds spent in earlier resumed segments)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = cls.new_model()
@@ -313,7 +326,11 @@ def _fit(
     labels_all = torch.from_numpy(data.labels)
     t0 = time.perf_counter()
     run_loss = None
-    for step in range(cfg.steps):
+    start, before = 0, 0.0
+    if resume:
+        start, run_loss, before = load_train_state(state_path, cfg, model, opt, rng)
+        say(f"resuming at step {start}/{cfg.steps} from {state_path}")
+    for step in range(start, cfg.steps):
         idx = rng.integers(0, len(data), size=cfg.batch_images)
         flips = rng.random(cfg.batch_images) < 0.5
         imgs, labs, prompt_sets, targets = [], [], [], []
@@ -351,8 +368,71 @@ def _fit(
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             el = time.perf_counter() - t0
             say(f"step {step + 1}/{cfg.steps} loss {run_loss:.4f} lr {lr_at(step):.2e} {el:.0f}s")
+        if state_path is not None and save_every > 0 and (step + 1) % save_every == 0:
+            el = before + time.perf_counter() - t0
+            save_train_state(state_path, cfg, model, opt, rng, step + 1, run_loss, el)
     model.eval()
-    return model
+    return model, before
+
+
+def save_train_state(
+    path: Path,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    step: int,
+    run_loss: float | None,
+    seconds: float,
+) -> None:
+    """Write everything :func:`load_train_state` needs to continue bit-identically, atomically."""
+    state = {
+        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "step": step,
+        "run_loss": run_loss,
+        "seconds": seconds,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_train_state(
+    path: Path | None,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+) -> tuple[int, float | None, float]:
+    """Restore a :func:`save_train_state` file into ``model``, ``opt`` and ``rng``; returns
+    (next step, running loss, seconds already spent). A missing or foreign file is a
+    :class:`ConfigError` saying what to do."""
+    if path is None or not path.is_file():
+        raise ConfigError(
+            f"--resume: no training state at {path}; start without --resume "
+            "(the state is saved every few steps while training)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ConfigError(
+            f"--resume: {path} is not a readable training state ({type(exc).__name__}); "
+            "delete it and train from the start"
+        ) from None
+    if state.get("config") != json.dumps(dataclasses.asdict(cfg), sort_keys=True):
+        raise ConfigError(
+            f"--resume: {path} was saved with other training settings; rerun with the same "
+            "flags as the interrupted run, or delete it to start over"
+        )
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), state["run_loss"], float(state["seconds"])
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
