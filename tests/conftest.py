@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,3 +34,14 @@ def image_two_objects() -> np.ndarray:
     yy, xx = np.mgrid[:96, :128]
     img[(yy - 50) ** 2 + (xx - 95) ** 2 < 20**2] = (30, 60, 220)
     return img
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and far faster on a shared, busy machine
+    (intra-op threads wait on each other); restored afterwards. Use per module with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs ray: pip install 'uadbench[ray]'")
@@ -28,15 +27,7 @@ from uadbench.store.rundir import load_rows  # noqa: E402
 TINY = "seeded-sam-tiny"
 KEY = ["sample_id", "attack", "victim", "prompt_index"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and far faster on a shared, busy machine
-    (intra-op threads wait on each other); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -252,18 +252,9 @@ class ZooViTSam(ZooVictim):
 
 
 # ---------------------------------------------------------------------------- zoo-hq-sam
-HQ_ARCH = SamArch(
-    embed_dim=96,
-    depth=8,
-    num_heads=3,
-    global_attn=(1, 3, 5, 7),
-    img_size=128,
-    patch_size=8,
-    window_size=8,
-    prompt_dim=64,
-    decoder_mlp_dim=256,
-    decoder_heads=4,
-    iou_head_hidden_dim=64,
+#: zoo-vit-sam's layout, narrower and deeper, global attention every other block
+HQ_ARCH = dataclasses.replace(
+    VIT_ARCH, embed_dim=96, depth=8, num_heads=3, global_attn=(1, 3, 5, 7)
 )
 
 
