@@ -99,6 +99,10 @@ def test_config_hashes_match_current_code(name):
         got = {p.label: p.hash for p in now}
         had = {r["label"]: r["hash"] for r in then}
         assert got == had, f"{kind} config hashes: baseline {had}, code now {got}" + hint
+        if kind in ("victim", "surrogate"):  # retrained zoo weights are not in a config hash
+            got = {p.label: p.record().get("weights_sha256") for p in now}
+            had = {r["label"]: r.get("weights_sha256") for r in then}
+            assert got == had, f"{kind} weights: baseline {had}, shipped now {got}" + hint
     rows = load_rows(d)
     assert set(rows.loc[rows["attack"] != CLEAN, "attack_hash"]) == {
         r["hash"] for r in man["attacks"]

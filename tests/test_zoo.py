@@ -22,8 +22,14 @@ from uadbench.zoo.models import ZOO, shipped_weights
 
 MAX_BYTES = 8 * 1024 * 1024
 #: box-prompt mIoU (%) a shipped model must reach on the 4 held-out scenes: the untrained
-#: seeded-sam-tiny scores ~6 there, the shipped zoo-vit-sam ~62
+#: seeded-sam-tiny scores ~6 there; the shipped zoo models score 63-67 on their cards' 100
 BOX_BAR = 50.0
+#: masks on the real image vs on a grey one (same prompts): mean IoU (%) at most this (the
+#: image-blind models shipped before 2026-11-25 scored ~96, zoo-vit-sam now ~55) …
+IMAGE_AGREEMENT_MAX = 80.0
+#: … and the real image's masks beat the grey image's on the ground truth by this many
+#: mIoU points (zoo-vit-sam: 58.5 vs 41.4)
+IMAGE_GAIN_MIN = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,33 @@ def test_every_zoo_model_is_registered_and_shipped():
 def test_zoo_model_segments_held_out_scenes(name, zoo_victims, held_out):
     v = zoo_victims[name]
     assert box_miou(v, held_out) >= BOX_BAR
+
+
+#: known image-blind: distilled for 800 steps its encoder still outputs a near-constant
+#: embedding (spatial variance 0.015 against the teacher's 0.13) and masks on a grey image
+#: agree 97% with the real ones. strict: the day it uses the image, this must be removed.
+IMAGE_BLIND = pytest.mark.xfail(
+    strict=True, reason="zoo-hf-sam is still image-blind (issue 7: quality bar not met)"
+)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=IMAGE_BLIND) if n == "zoo-hf-sam" else n for n in ZOO_NAMES]
+)
+def test_masks_depend_on_the_image(name, zoo_victims, held_out):
+    """The same prompts on a uniform grey image give other masks, and worse ones: a model
+    that segments from the prompt alone (filled box, blob around the point) fails here."""
+    v = zoo_victims[name]
+    real_gt, grey_gt, real_grey = [], [], []
+    for s in held_out:
+        p = sample_prompts("zoo-test", s.id, s.hw, s.masks, s.boxes, seed=0)
+        real = v.predict(s.image, p)
+        grey = v.predict(np.full_like(s.image, 128), p)
+        real_gt.append(iou(real, s.masks[p.mask_index]))
+        grey_gt.append(iou(grey, s.masks[p.mask_index]))
+        real_grey.append(iou(real, grey))
+    assert np.concatenate(real_grey).mean() < IMAGE_AGREEMENT_MAX
+    assert np.concatenate(real_gt).mean() > np.concatenate(grey_gt).mean() + IMAGE_GAIN_MIN
 
 
 def test_untrained_model_fails_the_same_check(held_out):
@@ -165,6 +198,7 @@ def test_zoo_train_tiny_run_is_reproducible(tmp_path, capsys):
     card = (tmp_path / "a" / "zoo-vit-sam.md").read_text()
     assert "uadbench zoo train zoo-vit-sam --seed 5 --steps 3" in card
     assert re.search(r"\| points \| \d+\.\d \|", card)
+    assert re.search(r"agree \d+\.\d% \(mean IoU\) with these", card)
     # the trained file loads into the victim and predicts
     cls = ZOO["zoo-vit-sam"]
     v = cls(cls.Config(checkpoint=str(wa)))
@@ -187,6 +221,12 @@ def test_model_card_states_measured_miou(name):
     box = re.search(r"\| boxes \| (\d+\.\d) \|", text)
     assert pts and box
     assert f"uadbench zoo train {name}" in text and "wall time" in text
+    # the card says whether the model looks at the image, as measured
+    agree = re.search(r"agree (\d+\.\d)% \(mean IoU\)", text)
+    assert agree
+    blind = "The masks barely depend on the image" in text
+    assert blind == (float(agree.group(1)) >= 90.0)
+    assert blind == (name == "zoo-hf-sam")  # see IMAGE_BLIND
 
 
 def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypatch, capsys):
@@ -237,3 +277,48 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+def test_hf_student_starts_from_the_segment_anything_teacher_decoder():
+    """MobileSAM-style init across implementations: a transformers SamModel student gets the
+    segment-anything teacher's prompt encoder and mask decoder (names translated), never its
+    image encoder."""
+    from uadbench.zoo.train import init_from_teacher
+
+    torch.manual_seed(0)
+    teacher = ZOO["zoo-vit-sam"].new_model()
+    student = ZOO["zoo-hf-sam"].new_model()
+    enc_before = {k: v.clone() for k, v in student.state_dict().items() if "vision_encoder" in k}
+    n = init_from_teacher(student, teacher)
+    sd = student.state_dict()
+    assert n == sum(1 for k in sd if not k.startswith("sam.vision_encoder."))
+    t = teacher.state_dict()
+    torch.testing.assert_close(
+        sd["sam.mask_decoder.upscale_conv1.weight"], t["mask_decoder.output_upscaling.0.weight"]
+    )
+    torch.testing.assert_close(
+        sd["sam.prompt_encoder.point_embed.1.weight"], t["prompt_encoder.point_embeddings.1.weight"]
+    )
+    for k, v in enc_before.items():
+        assert torch.equal(sd[k], v), k
+
+
+def test_run_manifest_records_the_zoo_weights_digest(tmp_path):
+    """A retrained zoo model keeps its config hash but not its weights digest, which is
+    what lets the committed baselines notice retrained weights."""
+    import shutil
+
+    from uadbench.engine.plan import resolve
+
+    shipped = resolve("victim", "zoo-vit-sam").record()["weights_sha256"]
+    copy = tmp_path / "w.safetensors"
+    shutil.copy(shipped_weights("zoo-vit-sam"), copy)
+    same = resolve("victim", f"zoo-vit-sam:checkpoint={copy}").record()
+    assert same["weights_sha256"] == shipped
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    other = resolve("victim", f"zoo-vit-sam:checkpoint={copy}").record()
+    assert other["weights_sha256"] != shipped
+    assert other["hash"] == same["hash"]
+    assert "weights_sha256" not in resolve("victim", "seeded-sam-tiny").record()

@@ -100,6 +100,13 @@ class Victim(ABC):
         """Where the weights are. Must not load them. Default: built in code."""
         return WeightsStatus(True, "built in code")
 
+    @classmethod
+    def weights_digest(cls, config: Any) -> str | None:
+        """A content digest of the weights ``config`` loads, where that is cheap (the run
+        manifest records it, so a baseline can tell that a model was retrained); None
+        otherwise. Must not load the model. Default: None."""
+        return None
+
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:

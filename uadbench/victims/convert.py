@@ -85,17 +85,10 @@ def _rename(key: str, mlp_depth: dict[str, int]) -> str:
     return key
 
 
-def sam_to_hf(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    """Keys of a segment-anything ``Sam`` state_dict renamed for ``transformers.SamModel``.
-
-    ``config``: the target ``transformers.SamConfig``; the converted dict is checked against
-    a model built from it (same key set, same shapes) and a mismatch raises UadbenchError.
-    """
-    from transformers import SamModel
-
+def rename_sam_to_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of a segment-anything ``Sam`` state_dict renamed for ``transformers.SamModel``,
+    without checking them against a config (pixel statistics dropped)."""
     sd = {k: v for k, v in state_dict.items() if k not in _DROP}
-    if _PE not in sd:
-        raise UadbenchError(f"not a segment-anything SAM state_dict: no {_PE}")
     mlp_depth: dict[str, int] = {}
     for k in sd:
         m = _MLP.match(k)
@@ -108,6 +101,20 @@ def sam_to_hf(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, tor
             out["prompt_encoder.shared_embedding.positional_embedding"] = v
         else:
             out[_rename(k, mlp_depth)] = v
+    return out
+
+
+def sam_to_hf(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """Keys of a segment-anything ``Sam`` state_dict renamed for ``transformers.SamModel``.
+
+    ``config``: the target ``transformers.SamConfig``; the converted dict is checked against
+    a model built from it (same key set, same shapes) and a mismatch raises UadbenchError.
+    """
+    from transformers import SamModel
+
+    if _PE not in state_dict:
+        raise UadbenchError(f"not a segment-anything SAM state_dict: no {_PE}")
+    out = rename_sam_to_hf(state_dict)
     with torch.device("meta"):
         target = SamModel(config).state_dict()
     missing = sorted(set(target) - set(out))

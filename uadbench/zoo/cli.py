@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 ZOO_EPILOG = """examples:
-  uadbench zoo train zoo-vit-sam --out zoo-models          # ~15 min on 2 CPU cores
+  uadbench zoo train zoo-vit-sam --out zoo-models          # ~1 h on one CPU core
   uadbench zoo train zoo-vit-sam --seed 1 --steps 300 --out /tmp/zoo
   uadbench zoo eval zoo-vit-sam                            # the shipped weights, 200 held-out scenes
   uadbench zoo eval zoo-vit-sam --checkpoint zoo-models/zoo-vit-sam.safetensors --n 100"""

@@ -26,6 +26,8 @@ The numbers these models produce describe these toys, not SAM. See ``<name>.md``
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +48,16 @@ ZOO_DIR = Path(__file__).resolve().parent
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """First 16 hex digits of a file's SHA-256 (cached per path, size and mtime)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def shipped_weights(name: str) -> Path:
@@ -179,6 +191,16 @@ class ZooVictim(SamFamilyVictim):
             return WeightsStatus(True, str(path))
         return WeightsStatus(False, "", str(path))
 
+    @classmethod
+    def weights_digest(cls, config: Any) -> str | None:
+        """SHA-256 (first 16 hex digits) of the weights file (a few MB), None if missing."""
+        status = cls.weights_status(config)
+        if not status.found:
+            return None
+        p = Path(status.where)
+        st = p.stat()
+        return _file_sha256(str(p), st.st_size, st.st_mtime_ns)
+
     def build(self) -> nn.Module:
         status = self.weights_status(self.config)
         hint = f"rebuild it with `uadbench zoo train {self.name} --out {ZOO_DIR}`"
@@ -186,7 +208,8 @@ class ZooVictim(SamFamilyVictim):
             raise MissingCheckpointError(
                 self.name,
                 [status.detail] if status.detail else [],
-                f"Zoo weights ship with uadbench; {hint} (about 15 min on 2 CPU cores).",
+                f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 1 h on one CPU core, "
+                "the others 10-20 min each, distilled from it).",
             )
         model = self.new_model()
         try:

@@ -65,12 +65,17 @@ class TrainConfig:
     distill_weight: float = 1.0
 
 
-#: default training settings per zoo model (steps chosen for ~15 min on 2 CPU cores)
+#: default training settings per zoo model. zoo-vit-sam trains from scratch and needs the
+#: long run: for ~2000 steps every model here sits on a prompt-only solution (filled box,
+#: blob around the point) and only then starts to use the image (held-out points / boxes
+#: 31 / 61 at step 750, 35 / 62 at 2000, 42 / 64 at 2750, 45 / 66 at 4000). The others are
+#: distilled from it (MobileSAM-style), which carries its image features over in a few
+#: hundred steps.
 RECIPES: dict[str, TrainConfig] = {
-    "zoo-vit-sam": TrainConfig(steps=900),
-    "zoo-hq-sam": TrainConfig(steps=450, teacher="zoo-vit-sam"),
-    "zoo-tinyvit-sam": TrainConfig(steps=400, teacher="zoo-vit-sam"),
-    "zoo-hf-sam": TrainConfig(steps=700),
+    "zoo-vit-sam": TrainConfig(steps=4000),
+    "zoo-hq-sam": TrainConfig(steps=600, teacher="zoo-vit-sam"),
+    "zoo-tinyvit-sam": TrainConfig(steps=600, teacher="zoo-vit-sam"),
+    "zoo-hf-sam": TrainConfig(steps=800, teacher="zoo-vit-sam"),
 }
 
 
@@ -270,13 +275,21 @@ def train(
 
 def init_from_teacher(model: torch.nn.Module, teacher: torch.nn.Module) -> int:
     """Copy the teacher's prompt-encoder and mask-decoder tensors into ``model`` wherever
-    the name and shape match (never the image encoder). Returns how many were copied."""
+    the name and shape match (never the image encoder). A segment-anything teacher's names
+    are translated for a ``transformers`` student (:class:`HFSamContainer`, under ``sam.``).
+    Returns how many were copied."""
     tsd = teacher.state_dict()
     own = model.state_dict()
+    skip = "image_encoder."
+    if all(k.startswith("sam.") for k in own) and not all(k.startswith("sam.") for k in tsd):
+        from ..victims.convert import rename_sam_to_hf
+
+        tsd = {"sam." + k: v for k, v in rename_sam_to_hf(tsd).items()}
+        skip = "sam.vision_encoder."
     take = {
         k: tsd[k].to(own[k].dtype)
         for k in own
-        if not k.startswith("image_encoder.") and k in tsd and tsd[k].shape == own[k].shape
+        if not k.startswith(skip) and k in tsd and tsd[k].shape == own[k].shape
     }
     model.load_state_dict(take, strict=False)
     return len(take)
@@ -462,25 +475,35 @@ def evaluate(
     """Clean mIoU (in %) of a zoo model on ``n`` held-out synthetic test scenes with the
     paper's prompts (5 points + 3 jittered boxes per mask, first 10 masks).
 
-    Returns ``{"miou_point", "miou_box", "miou", "n_images", "n_prompts", "seconds"}``.
+    Also predicts the same prompts on a uniform grey image of the same size:
+    ``grey_agreement`` is the mean IoU (%) between those masks and the real image's (near
+    100 for a model that segments from the prompt alone), ``miou_grey`` their mIoU.
+
+    Returns ``{"miou_point", "miou_box", "miou", "miou_grey", "grey_agreement", "n_images",
+    "n_prompts", "seconds", ...}``.
     """
     if victim is None:
         cls = zoo_class(name)
         victim = cls(cls.Config(checkpoint=str(checkpoint) if checkpoint else None), device=device)
     ds = synthetic_dataset(n, seed, size, "test")
     t0 = time.perf_counter()
-    ious, kinds = [], []
+    ious, kinds, grey_ious, agree = [], [], [], []
     for sid in ds.ids():
         s = ds.load(sid)
         prompts = sample_prompts("synthetic", s.id, s.hw, s.masks, s.boxes, seed=seed)
         pred = victim.predict(s.image, prompts)
+        grey = victim.predict(np.full_like(s.image, 128), prompts)
         ious.append(iou_pct(pred, s.masks[prompts.mask_index]))
+        grey_ious.append(iou_pct(grey, s.masks[prompts.mask_index]))
+        agree.append(iou_pct(pred, grey))
         kinds.append(prompts.kinds)
     a, k = np.concatenate(ious), np.concatenate(kinds)
     return {
         "miou_point": float(a[k == POINT].mean()),
         "miou_box": float(a[k == BOX].mean()),
         "miou": float(a.mean()),
+        "miou_grey": float(np.concatenate(grey_ious).mean()),
+        "grey_agreement": float(np.concatenate(agree).mean()),
         "n_images": len(ds),
         "n_prompts": int(len(a)),
         "seconds": time.perf_counter() - t0,
@@ -522,6 +545,7 @@ def write_card(result: TrainResult) -> Path:
             f"protocol: 5 points + 3 boxes jittered ±10% per mask):\n\n"
             f"| prompts | mIoU (%) |\n|---|---|\n| points | {ev['miou_point']:.1f} |\n"
             f"| boxes | {ev['miou_box']:.1f} |\n| all | {ev['miou']:.1f} |\n\n"
+            f"{_grey_line(ev)}"
             f"Reproduce: `uadbench zoo eval {result.name} --n {ev['n_images']}`."
         )
     else:
@@ -579,13 +603,47 @@ def _teacher_line(cfg: TrainConfig) -> str:
 QUALITY_BAR = {"miou_point": 70.0, "miou_box": 80.0}
 
 
+def _grey_line(ev: dict[str, Any]) -> str:
+    if "grey_agreement" not in ev:
+        return ""
+    return (
+        f"Does it look at the image? The same prompts on a uniform grey image give masks "
+        f"that agree {ev['grey_agreement']:.1f}% (mean IoU) with these (a model that segments "
+        f"from the prompt alone: ~100) and score {ev['miou_grey']:.1f} mIoU.\n\n"
+    )
+
+
+def image_blind(ev: dict[str, Any]) -> bool:
+    """Whether an :func:`evaluate` result says the masks barely depend on the image."""
+    return ev.get("grey_agreement", 100.0) >= 90.0
+
+
 def _limitations(ev: dict[str, Any] | None) -> str:
     if not ev or all(ev[k] >= v for k, v in QUALITY_BAR.items()):
         return ""
+    head = "\n## Limitations\n\nBelow the project's quality bar (points >= 70, boxes >= 80). "
+    tail = (
+        "Training longer helps (zoo-vit-sam, held-out points / boxes: 35 / 62 after 2000 "
+        "steps, 45 / 66 after 4000).\n"
+    )
+    if image_blind(ev):
+        return (
+            head
+            + (
+                "The masks barely depend on the image: the model segments from the prompt alone "
+                "(boxes come out close to filled boxes, points as blobs of typical object size), "
+                "so attacks on the image cannot move it. A real, prompt-following segmenter for "
+                "pipeline checks, not a good one. "
+            )
+            + tail
+        )
     return (
-        "\n## Limitations\n\nBelow the project's quality bar (points >= 70, boxes >= 80): with this "
-        "CPU training budget the masks follow the prompt (box or point) far more than the image "
-        "content — boxes come out close to filled boxes, points as blobs of typical object size. "
-        "The model is a real, prompt-following segmenter for pipeline and transfer checks, not a "
-        "good one.\n"
+        head
+        + (
+            "The masks depend on the image — they follow object outlines, and grey-image masks "
+            "differ and are worse (above) — but they are coarse: ragged boundaries, thin parts and "
+            "small objects missed, leaks into touching objects. A real, image-dependent promptable "
+            "segmenter for pipeline and transfer checks, not a good one. "
+        )
+        + tail
     )
