@@ -19,6 +19,7 @@ from uadbench.eval.prompts import PromptSet, sample_prompts
 from uadbench.victims import VICTIMS
 from uadbench.zoo import ZOO_NAMES
 from uadbench.zoo.models import ZOO, shipped_weights
+from uadbench.zoo.train import image_blind, score_with_grey
 
 MAX_BYTES = 8 * 1024 * 1024
 #: box-prompt mIoU (%) a shipped model must reach on the 4 held-out scenes: the untrained
@@ -88,17 +89,10 @@ IMAGE_BLIND = pytest.mark.xfail(
 def test_masks_depend_on_the_image(name, zoo_victims, held_out):
     """The same prompts on a uniform grey image give other masks, and worse ones: a model
     that segments from the prompt alone (filled box, blob around the point) fails here."""
-    v = zoo_victims[name]
-    real_gt, grey_gt, real_grey = [], [], []
-    for s in held_out:
-        p = sample_prompts("zoo-test", s.id, s.hw, s.masks, s.boxes, seed=0)
-        real = v.predict(s.image, p)
-        grey = v.predict(np.full_like(s.image, 128), p)
-        real_gt.append(iou(real, s.masks[p.mask_index]))
-        grey_gt.append(iou(grey, s.masks[p.mask_index]))
-        real_grey.append(iou(real, grey))
-    assert np.concatenate(real_grey).mean() < IMAGE_AGREEMENT_MAX
-    assert np.concatenate(real_gt).mean() > np.concatenate(grey_gt).mean() + IMAGE_GAIN_MIN
+    sc = score_with_grey(zoo_victims[name], held_out, "zoo-test", 0)
+    real_gt, grey_gt, real_grey = sc["iou"], sc["iou_grey"], sc["agreement"]
+    assert real_grey.mean() < IMAGE_AGREEMENT_MAX
+    assert real_gt.mean() > grey_gt.mean() + IMAGE_GAIN_MIN
 
 
 def test_untrained_model_fails_the_same_check(held_out):
@@ -225,7 +219,7 @@ def test_model_card_states_measured_miou(name):
     agree = re.search(r"agree (\d+\.\d)% \(mean IoU\)", text)
     assert agree
     blind = "The masks barely depend on the image" in text
-    assert blind == (float(agree.group(1)) >= 90.0)
+    assert blind == image_blind({"grey_agreement": float(agree.group(1))})
     assert blind == (name == "zoo-hf-sam")  # see IMAGE_BLIND
 
 
@@ -289,7 +283,7 @@ def test_hf_student_starts_from_the_segment_anything_teacher_decoder():
     teacher = ZOO["zoo-vit-sam"].new_model()
     student = ZOO["zoo-hf-sam"].new_model()
     enc_before = {k: v.clone() for k, v in student.state_dict().items() if "vision_encoder" in k}
-    n = init_from_teacher(student, teacher)
+    n = init_from_teacher(ZOO["zoo-hf-sam"], student, teacher)
     sd = student.state_dict()
     assert n == sum(1 for k in sd if not k.startswith("sam.vision_encoder."))
     t = teacher.state_dict()

@@ -50,10 +50,8 @@ class Plugin:
             rec["eps"] = float(self.config.eps)
         if self.kind == "victim" and getattr(self.cls, "note", ""):
             rec["note"] = self.cls.note
-        if self.kind == "victim" and hasattr(self.cls, "weights_digest"):
-            digest = self.cls.weights_digest(self.config)
-            if digest:
-                rec["weights_sha256"] = digest
+        if self.kind == "victim" and (digest := self.cls.weights_digest(self.config)):
+            rec["weights_sha256"] = digest
         return rec
 
 

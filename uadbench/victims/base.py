@@ -129,8 +129,9 @@ class Victim(ABC):
         """Masks for a batch of prompts: bool tensor (P, H, W) at the image's size."""
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, prompts: PromptSet) -> np.ndarray:
-        """One mask per prompt: bool array (P, H, W). ``image`` is RGB uint8 (H, W, 3)."""
+    def predict(self, image: np.ndarray, prompts: PromptSet, state: Any = None) -> np.ndarray:
+        """One mask per prompt: bool array (P, H, W). ``image`` is RGB uint8 (H, W, 3);
+        ``state``: its :meth:`embed` output when the caller already has it."""
         if not (
             isinstance(image, np.ndarray)
             and image.dtype == np.uint8
@@ -145,7 +146,8 @@ class Victim(ABC):
         out = np.zeros((len(prompts), h, w), dtype=bool)
         if len(prompts) == 0:
             return out
-        state = self.embed(image)
+        if state is None:
+            state = self.embed(image)
         step = max(1, int(self.config.prompt_batch))
         for start in range(0, len(prompts), step):
             idx = np.arange(start, min(start + step, len(prompts)))

@@ -110,7 +110,8 @@ def _verify(path: Path, spec: WeightFile, md5: str, sha256: str, size: int) -> N
         )
 
 
-def _hash_file(path: Path) -> tuple[str, str, int]:
+def hash_file(path: Path) -> tuple[str, str, int]:
+    """(md5, sha256, size) of a file, read in 1 MiB chunks."""
     md5, sha, n = hashlib.md5(), hashlib.sha256(), 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -132,7 +133,7 @@ def fetch(spec: WeightFile, dest_dir: Path, force: bool = False, verify: bool = 
     if dest.is_file() and not force:
         try:
             if verify:
-                _verify(dest, spec, *_hash_file(dest))
+                _verify(dest, spec, *hash_file(dest))
             log.info("%s already present", dest)
             return dest
         except UadbenchError:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,11 +52,9 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     """First 16 hex digits of a file's SHA-256 (cached per path, size and mtime)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    from ..victims.download import hash_file
+
+    return hash_file(Path(path))[1][:16]
 
 
 def shipped_weights(name: str) -> Path:
@@ -180,6 +177,12 @@ class ZooVictim(SamFamilyVictim):
     def new_model(cls) -> nn.Module:
         """The architecture with freshly initialised (random) weights."""
         raise NotImplementedError
+
+    @classmethod
+    def from_sam_keys(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A segment-anything state_dict renamed for this model's layout (used to start a
+        student from a teacher's decoder). Default: the same names."""
+        return sd
 
     @classmethod
     def weights_status(cls, config: Any) -> WeightsStatus:
@@ -593,6 +596,12 @@ class ZooHFSam(ZooVictim):
     @classmethod
     def new_model(cls) -> nn.Module:
         return HFSamContainer(cls.hf_arch)
+
+    @classmethod
+    def from_sam_keys(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from ..victims.convert import rename_sam_to_hf
+
+        return {"sam." + k: v for k, v in rename_sam_to_hf(sd).items()}
 
     @property
     def img_size(self) -> int:

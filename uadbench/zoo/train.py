@@ -27,7 +27,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -273,24 +273,16 @@ def train(
     return result
 
 
-def init_from_teacher(model: torch.nn.Module, teacher: torch.nn.Module) -> int:
-    """Copy the teacher's prompt-encoder and mask-decoder tensors into ``model`` wherever
-    the name and shape match (never the image encoder). A segment-anything teacher's names
-    are translated for a ``transformers`` student (:class:`HFSamContainer`, under ``sam.``).
-    Returns how many were copied."""
-    tsd = teacher.state_dict()
+def init_from_teacher(
+    cls: type[ZooVictim], model: torch.nn.Module, teacher: torch.nn.Module
+) -> int:
+    """Copy the teacher's prompt-encoder and mask-decoder tensors into ``model`` (of zoo
+    class ``cls``) wherever the name — translated by ``cls.from_sam_keys`` — and shape match;
+    never the image encoder. Returns how many were copied."""
+    tsd = {k: v for k, v in teacher.state_dict().items() if not k.startswith("image_encoder.")}
+    tsd = cls.from_sam_keys(tsd)
     own = model.state_dict()
-    skip = "image_encoder."
-    if all(k.startswith("sam.") for k in own) and not all(k.startswith("sam.") for k in tsd):
-        from ..victims.convert import rename_sam_to_hf
-
-        tsd = {"sam." + k: v for k, v in rename_sam_to_hf(tsd).items()}
-        skip = "sam.vision_encoder."
-    take = {
-        k: tsd[k].to(own[k].dtype)
-        for k in own
-        if not k.startswith(skip) and k in tsd and tsd[k].shape == own[k].shape
-    }
+    take = {k: tsd[k].to(own[k].dtype) for k in own if k in tsd and tsd[k].shape == own[k].shape}
     model.load_state_dict(take, strict=False)
     return len(take)
 
@@ -310,7 +302,7 @@ def _fit(
     rng = np.random.default_rng(cfg.seed)
     model = cls.new_model()
     if teacher is not None:
-        n = init_from_teacher(model, teacher.model)
+        n = init_from_teacher(cls, model, teacher.model)
         say(
             f"initialised {n} decoder/prompt-encoder tensors from {teacher.name}; distilling its embeddings"
         )
@@ -463,6 +455,32 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
 
 
 # ---------------------------------------------------------------------------- evaluation
+def score_with_grey(
+    victim: Any, samples: Iterable[Any], dataset: str, seed: int
+) -> dict[str, np.ndarray]:
+    """Per prompt of the paper protocol over ``samples`` (with masks): ``iou`` against the
+    ground truth, ``kind``, and the same prompts on a uniform grey image of the same size —
+    ``iou_grey`` against the ground truth and ``agreement`` (IoU with the real image's mask;
+    ~100 for a model that segments from the prompt alone). The grey image is encoded once
+    per image size."""
+    out: dict[str, list] = {"iou": [], "kind": [], "iou_grey": [], "agreement": []}
+    grey_states: dict[tuple[int, ...], Any] = {}
+    for s in samples:
+        prompts = sample_prompts(dataset, s.id, s.hw, s.masks, s.boxes, seed=seed)
+        truth = s.masks[prompts.mask_index]
+        grey = np.full_like(s.image, 128)
+        if grey.shape not in grey_states:
+            with torch.no_grad():
+                grey_states[grey.shape] = victim.embed(grey)
+        pred = victim.predict(s.image, prompts)
+        pred_grey = victim.predict(grey, prompts, state=grey_states[grey.shape])
+        out["iou"].append(iou_pct(pred, truth))
+        out["iou_grey"].append(iou_pct(pred_grey, truth))
+        out["agreement"].append(iou_pct(pred, pred_grey))
+        out["kind"].append(prompts.kinds)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def evaluate(
     name: str,
     checkpoint: str | Path | None = None,
@@ -487,23 +505,14 @@ def evaluate(
         victim = cls(cls.Config(checkpoint=str(checkpoint) if checkpoint else None), device=device)
     ds = synthetic_dataset(n, seed, size, "test")
     t0 = time.perf_counter()
-    ious, kinds, grey_ious, agree = [], [], [], []
-    for sid in ds.ids():
-        s = ds.load(sid)
-        prompts = sample_prompts("synthetic", s.id, s.hw, s.masks, s.boxes, seed=seed)
-        pred = victim.predict(s.image, prompts)
-        grey = victim.predict(np.full_like(s.image, 128), prompts)
-        ious.append(iou_pct(pred, s.masks[prompts.mask_index]))
-        grey_ious.append(iou_pct(grey, s.masks[prompts.mask_index]))
-        agree.append(iou_pct(pred, grey))
-        kinds.append(prompts.kinds)
-    a, k = np.concatenate(ious), np.concatenate(kinds)
+    sc = score_with_grey(victim, (ds.load(sid) for sid in ds.ids()), "synthetic", seed)
+    a, k = sc["iou"], sc["kind"]
     return {
         "miou_point": float(a[k == POINT].mean()),
         "miou_box": float(a[k == BOX].mean()),
         "miou": float(a.mean()),
-        "miou_grey": float(np.concatenate(grey_ious).mean()),
-        "grey_agreement": float(np.concatenate(agree).mean()),
+        "miou_grey": float(sc["iou_grey"].mean()),
+        "grey_agreement": float(sc["agreement"].mean()),
         "n_images": len(ds),
         "n_prompts": int(len(a)),
         "seconds": time.perf_counter() - t0,
@@ -618,32 +627,26 @@ def image_blind(ev: dict[str, Any]) -> bool:
     return ev.get("grey_agreement", 100.0) >= 90.0
 
 
+_BLIND = (
+    "The masks barely depend on the image: the model segments from the prompt alone (boxes "
+    "come out close to filled boxes, points as blobs of typical object size), so attacks on "
+    "the image cannot move it. A real, prompt-following segmenter for pipeline checks, not a "
+    "good one. "
+)
+_SEEING = (
+    "The masks depend on the image — they follow object outlines, and grey-image masks differ "
+    "and are worse (above) — but they are coarse: ragged boundaries, thin parts and small "
+    "objects missed, leaks into touching objects. A real, image-dependent promptable segmenter "
+    "for pipeline and transfer checks, not a good one. "
+)
+
+
 def _limitations(ev: dict[str, Any] | None) -> str:
     if not ev or all(ev[k] >= v for k, v in QUALITY_BAR.items()):
         return ""
-    head = "\n## Limitations\n\nBelow the project's quality bar (points >= 70, boxes >= 80). "
-    tail = (
-        "Training longer helps (zoo-vit-sam, held-out points / boxes: 35 / 62 after 2000 "
-        "steps, 45 / 66 after 4000).\n"
-    )
-    if image_blind(ev):
-        return (
-            head
-            + (
-                "The masks barely depend on the image: the model segments from the prompt alone "
-                "(boxes come out close to filled boxes, points as blobs of typical object size), "
-                "so attacks on the image cannot move it. A real, prompt-following segmenter for "
-                "pipeline checks, not a good one. "
-            )
-            + tail
-        )
     return (
-        head
-        + (
-            "The masks depend on the image — they follow object outlines, and grey-image masks "
-            "differ and are worse (above) — but they are coarse: ragged boundaries, thin parts and "
-            "small objects missed, leaks into touching objects. A real, image-dependent promptable "
-            "segmenter for pipeline and transfer checks, not a good one. "
-        )
-        + tail
+        "\n## Limitations\n\nBelow the project's quality bar (points >= 70, boxes >= 80). "
+        + (_BLIND if image_blind(ev) else _SEEING)
+        + "Training longer helps (zoo-vit-sam, held-out points / boxes: 35 / 62 after 2000 "
+        "steps, 45 / 66 after 4000).\n"
     )
