@@ -232,3 +232,16 @@ def test_summary_line_reports_speed_only_when_something_ran():
     assert "nothing left to run" in idle.line() and "images/s" not in idle.line()
     busy = Summary(attack_jobs=3, attack_done=3, eval_jobs=3, eval_done=3, seconds=2.0, images=6)
     assert "3.00 images/s" in busy.line()
+
+
+def test_temp_file_of_a_killed_writer_is_swept_when_the_run_ends(tmp_path):
+    """A worker SIGKILLed inside atomic_write_bytes leaves ``.<name>.*.tmp``; the next
+    invocation on the run directory removes it and keeps every finished file."""
+    out = tmp_path / "run"
+    api.run(attacks="feature-pgd:steps=1", victims=TINY, limit=1, out=out, progress=False)
+    kept = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".json"))
+    orphan = kept[0].parent / f".{kept[0].name}.abc123.tmp"
+    orphan.write_bytes(b"half a file")
+    api.run(attacks="feature-pgd:steps=1", victims=TINY, limit=1, out=out, progress=False)
+    assert not orphan.exists()
+    assert all(p.is_file() for p in kept)

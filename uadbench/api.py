@@ -27,7 +27,7 @@ from .engine.plan import (
 from .errors import ConfigError, UadbenchError
 from .store.lock import RunLock
 from .store.manifest import close_manifest, open_manifest
-from .store.rundir import load_manifest, load_rows
+from .store.rundir import load_manifest, load_rows, remove_orphan_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ def run(
         try:
             summary = ex.run()
         finally:
+            # a worker killed mid-write (SIGKILL, OOM) leaves its temp file; no job runs now
+            remove_orphan_temp_files(run_dir)
             close_manifest(run_dir, man, ex.summary.record(), ex.summary.sample_ids)
     return RunResult(run_dir, spec, summary)
 

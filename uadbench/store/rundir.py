@@ -43,6 +43,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_orphan_temp_files(run_dir: Path) -> int:
+    """Delete the temporary files :func:`atomic_write_bytes` left behind when its process
+    was killed mid-write (``.<name>.*.tmp``). Only safe while holding the run's lock with
+    no job running. Returns how many were removed."""
+    n = 0
+    for p in Path(run_dir).glob("**/.*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(
         path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
