@@ -245,3 +245,32 @@ def test_temp_file_of_a_killed_writer_is_swept_when_the_run_ends(tmp_path):
     api.run(attacks="feature-pgd:steps=1", victims=TINY, limit=1, out=out, progress=False)
     assert not orphan.exists()
     assert all(p.is_file() for p in kept)
+
+
+def test_resume_refuses_a_victim_whose_weights_changed(tmp_path):
+    """A retrained model keeps its config hash; resuming must not mix its old rows with
+    rows of the new weights."""
+    import shutil
+
+    from uadbench.zoo.models import shipped_weights
+
+    w = tmp_path / "w.safetensors"
+    shutil.copy(shipped_weights("zoo-hf-sam"), w)
+    out = tmp_path / "r"
+    victims = f"{TINY},zoo-hf-sam:checkpoint={w}"
+    kw = dict(attacks="feature-pgd:steps=1", limit=1, out=out, progress=False)
+    api.run(victims=victims, **kw)
+    rows = len(load_rows(out))
+    original = w.read_bytes()
+    changed = bytearray(original)
+    changed[-1] ^= 1
+    w.write_bytes(bytes(changed))
+    os.utime(w, ns=(1, 1))  # the digest cache keys on mtime: never the same one twice
+    with pytest.raises(RunDirError, match="zoo-hf-sam.*weights changed.*another --out"):
+        api.run(victims=victims, **kw)
+    assert len(load_rows(out)) == rows  # nothing finished was lost
+    api.run(victims=TINY, **kw)  # the other victims' rows still resume
+    w.write_bytes(original)  # the weights the run used: resumes, nothing redone
+    os.utime(w, ns=(2, 2))
+    res = api.run(victims=victims, **kw)
+    assert res.summary.eval_done == 0 and len(load_rows(out)) == rows

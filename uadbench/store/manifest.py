@@ -60,6 +60,21 @@ def _merge(records: list[dict], new: list[dict], key: str = "hash") -> list[dict
     return records + [r for r in new if r[key] not in have]
 
 
+def _check_weights(run_dir: Path, old: list[dict], new: list[dict], role: str) -> None:
+    """Refuse to resume when a model's weights file changed since the run directory was
+    written (e.g. a retrained zoo model): its config hash is the same, so its finished rows
+    would be reused and mixed with rows of the new weights."""
+    had = {r.get("hash"): r.get("weights_sha256") for r in old}
+    for rec in new:
+        then, now_ = had.get(rec.get("hash")), rec.get("weights_sha256")
+        if then and now_ and then != now_:
+            raise RunDirError(
+                f"{role} {rec.get('label', rec.get('name'))}: its weights changed since {run_dir} "
+                f"was written (sha256 {then} then, {now_} now), so its finished rows are from "
+                "another model; pick another --out, or restore the weights the run used"
+            )
+
+
 def open_manifest(
     run_dir: Path,
     identity: dict[str, Any],
@@ -93,6 +108,8 @@ def open_manifest(
                 f"{', '.join(f'{k}={old.get(k)!r} vs {identity.get(k)!r}' for k in diff)}); "
                 "rerun with the same settings to resume, or pick another --out"
             )
+        _check_weights(run_dir, [man.get("surrogate", {})], [surrogate], "surrogate")
+        _check_weights(run_dir, man.get("victims", []), victims, "victim")
         man["attacks"] = _merge(man.get("attacks", []), attacks)
         man["victims"] = _merge(man.get("victims", []), victims)
         man.setdefault("invocations", []).append(inv)
