@@ -3,11 +3,13 @@ fail clearly when the file is bad, and ``zoo train`` reproduces weights from a s
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from uadbench.cli import main
@@ -252,7 +254,8 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     capsys.readouterr()
     other = [a if a != "4" else "5" for a in args]  # --steps 5: other settings
     assert main([*other, "--out", str(out_b), "--resume"]) == 2
-    assert "other training settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other training settings (steps 4 then, 5 now" in err
     assert main([*args, "--out", str(tmp_path / "c"), "--resume"]) == 2  # nothing to resume
 
     counted = []
@@ -261,6 +264,12 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
         counted.append(1)
         return real(*a, **k)
 
+    # a state saved before a (default-off) setting existed still resumes
+    saved = torch.load(state, weights_only=True)
+    cfg = json.loads(saved["config"])
+    del cfg["group_weight"]
+    saved["config"] = json.dumps(cfg)
+    torch.save(saved, state)
     monkeypatch.setattr(zoo_train, "seg_loss", counting)
     assert main([*args, "--out", str(out_b), "--resume"]) == 0
     assert len(counted) == 2 * 2  # steps 3 and 4 only, 2 images each
@@ -316,3 +325,48 @@ def test_run_manifest_records_the_zoo_weights_digest(tmp_path):
     assert other["weights_sha256"] != shipped
     assert other["hash"] == same["hash"]
     assert "weights_sha256" not in resolve("victim", "seeded-sam-tiny").record()
+
+
+def test_grouping_loss_is_zero_only_for_grouped_embeddings():
+    from uadbench.zoo.train import grouping_loss
+
+    labels = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    labels[:, 8:22, 5:19] = 1  # not on the 4-pixel cell grid: some cells straddle
+    labels[1, 0:8, 24:32] = 2
+    cells = F.adaptive_avg_pool2d(F.one_hot(labels.long(), 3).permute(0, 3, 1, 2).float(), 8)
+    # one orthogonal direction per label: pulled tight, means 3*sqrt(2) > 3 apart
+    grouped = torch.zeros(2, 16, 8, 8)
+    grouped[:, :3] = F.one_hot(cells.argmax(1), 3).permute(0, 3, 1, 2).float()
+    assert grouping_loss(grouped, labels).item() == 0.0
+    # everything in one direction: no label separated from another
+    same = torch.ones(2, 16, 8, 8)
+    assert grouping_loss(same, labels).item() == pytest.approx((9.0 + 9.0) / 2)
+    # cells straddling two labels (share < 75%) are ignored; pure cells still count
+    straddle = grouped.clone()
+    mixed = (cells.max(1).values < 0.75)[:, None].expand_as(straddle)
+    straddle[mixed] = torch.randn(int(mixed.sum()))
+    assert mixed.any() and grouping_loss(straddle, labels).item() == 0.0
+    # gradient descent on the loss groups a random embedding
+    e = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    start = grouping_loss(e, labels).item()
+    opt = torch.optim.Adam([e], lr=0.1)
+    for _ in range(100):
+        opt.zero_grad()
+        grouping_loss(e, labels).backward()
+        opt.step()
+    assert grouping_loss(e, labels).item() < 0.1 * start
+
+
+def test_zoo_train_group_loss_changes_the_weights_and_the_card(tmp_path):
+    from safetensors.torch import load_file
+
+    args = ["zoo", "train", "zoo-vit-sam", "--steps", "2", "--train-images", "3"]
+    args += ["--batch-images", "2", "--prompts", "4", "--eval-images", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--group-loss", "1", "--out", str(tmp_path / "b")]) == 0
+    sa = load_file(str(tmp_path / "a" / "zoo-vit-sam.safetensors"))
+    sb = load_file(str(tmp_path / "b" / "zoo-vit-sam.safetensors"))
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("image_encoder."))
+    card = (tmp_path / "b" / "zoo-vit-sam.md").read_text()
+    assert "--group-loss 1.0" in card
+    assert "--group-loss" not in (tmp_path / "a" / "zoo-vit-sam.md").read_text()

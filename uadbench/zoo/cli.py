@@ -62,6 +62,12 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         help="zoo model to distill the encoder from and start the decoder from ('none': train alone)",
     )
     t.add_argument(
+        "--group-loss",
+        type=float,
+        default=None,
+        help="weight of the auxiliary instance-grouping loss on the image embedding (0: off)",
+    )
+    t.add_argument(
         "--teacher-checkpoint", default=None, help="teacher weights (default: its shipped file)"
     )
     t.add_argument(
@@ -114,6 +120,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "data_seed": args.data_seed,
         "threads": args.threads,
+        "group_weight": args.group_loss,
         "teacher": None
         if args.teacher is None
         else ("" if args.teacher.lower() == "none" else args.teacher),

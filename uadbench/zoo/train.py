@@ -11,7 +11,10 @@ Recipe (same for every zoo model; per-model step counts in :data:`RECIPES`):
   side (the protocol) or, for a third of them, by U[0.8, 1.2] and shifted by up to 5%
   (robustness). Random horizontal flips.
 - loss: binary cross-entropy + dice between the low-resolution mask logits (the
-  decoder's 4× upscaled grid) and the ground-truth mask area-downsampled to that grid.
+  decoder's 4× upscaled grid) and the ground-truth mask area-downsampled to that grid;
+  optionally (``group_weight``, ``--group-loss``) an instance-grouping loss on the image
+  embedding (:func:`grouping_loss`), a dense signal that gets a from-scratch encoder off
+  the prompt-only solution sooner; students add MSE to the teacher's embeddings.
 - AdamW (lr 2e-3, weight decay 0.01), linear warm-up then cosine decay, gradient
   clipping at 1; ``torch.manual_seed`` and deterministic algorithms, so a seed
   reproduces the weights (on the same torch build and thread count).
@@ -63,6 +66,9 @@ class TrainConfig:
     #: and whose prompt encoder / mask decoder initialise ours where shapes match; "" = none
     teacher: str = ""
     distill_weight: float = 1.0
+    #: weight of the auxiliary instance-grouping loss on the image embedding
+    #: (:func:`grouping_loss`); 0 = off
+    group_weight: float = 0.0
 
 
 #: default training settings per zoo model. zoo-vit-sam trains from scratch and needs the
@@ -190,6 +196,48 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t = target.flatten(1)
     dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
     return bce + dice.mean()
+
+
+def grouping_loss(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    purity: float = 0.75,
+    radius: float = 3.0,
+    pull: float = 0.5,
+    push: float = 3.0,
+) -> torch.Tensor:
+    """Auxiliary instance-grouping loss on image embeddings (a discriminative loss in the
+    manner of De Brabandere et al. 2017), which gives the encoder a dense signal from the
+    label maps instead of only through the decoder.
+
+    ``emb`` (B, C, h, w); ``labels`` (B, H, W) integer label maps (0 = background, which
+    counts as one more region), H and W multiples of h and w. Per image, the embedding
+    cells whose image area is at least ``purity`` one label, as unit vectors scaled to
+    ``radius``: each is pulled to within ``pull`` of its label's mean, and the means of
+    different labels are pushed at least ``push`` apart (squared hinges). Mean over images;
+    0 when every image is grouped that well."""
+    b, _, h, w = emb.shape
+    n = int(labels.max()) + 1
+    onehot = F.one_hot(labels.long(), n).permute(0, 3, 1, 2).float()
+    frac = F.adaptive_avg_pool2d(onehot, (h, w))  # (B, n, h, w) label fractions per cell
+    e = F.normalize(emb.float(), dim=1) * radius
+    total = emb.new_zeros((), dtype=torch.float32)
+    for i in range(b):
+        share, lab = frac[i].max(0)
+        pure = share >= purity
+        ids = lab[pure].unique()
+        means = []
+        for k in ids:
+            cells = e[i][:, pure & (lab == k)]
+            mu = cells.mean(1, keepdim=True)
+            total = total + F.relu((cells - mu).norm(dim=0) - pull).pow(2).mean() / len(ids)
+            means.append(mu[:, 0])
+        if len(means) > 1:
+            m = torch.stack(means)
+            d = (m[:, None] - m[None]).pow(2).sum(-1).add(1e-12).sqrt()  # finite grad at 0
+            off = ~torch.eye(len(means), dtype=torch.bool, device=d.device)
+            total = total + F.relu(push - d[off]).pow(2).mean()
+    return total / b
 
 
 # ---------------------------------------------------------------------------- training
@@ -363,6 +411,8 @@ def _fit(
             with torch.no_grad():
                 t_emb = teacher.forward_train(x, [])[0]
             loss = loss + cfg.distill_weight * F.mse_loss(emb.float(), t_emb.float())
+        if cfg.group_weight > 0:
+            loss = loss + cfg.group_weight * grouping_loss(emb, torch.stack(labs))
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -428,10 +478,22 @@ def load_train_state(
             f"--resume: {path} is not a readable training state ({type(exc).__name__}); "
             "delete it and train from the start"
         ) from None
-    if state.get("config") != json.dumps(dataclasses.asdict(cfg), sort_keys=True):
+    try:
+        # a field added since the state was saved counts at its default (which is what
+        # that run effectively used)
+        saved = {**dataclasses.asdict(TrainConfig()), **json.loads(state.get("config", ""))}
+    except (TypeError, ValueError):
+        saved = None
+    now = dataclasses.asdict(cfg)
+    if saved != now:
+        diff = ", ".join(
+            f"{k} {saved[k]!r} then, {now[k]!r} now"
+            for k in now
+            if saved and saved.get(k) != now[k]
+        )
         raise ConfigError(
-            f"--resume: {path} was saved with other training settings; rerun with the same "
-            "flags as the interrupted run, or delete it to start over"
+            f"--resume: {path} was saved with other training settings ({diff or 'unreadable'}); "
+            "rerun with the same flags as the interrupted run, or delete it to start over"
         )
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -533,10 +595,13 @@ def train_command(name: str, cfg: TrainConfig) -> str:
         "prompts_per_image": "--prompts",
         "lr": "--lr",
         "data_seed": "--data-seed",
+        "group_weight": "--group-loss",
+        "teacher": "--teacher",
     }
     for field, flag in flags.items():
         if getattr(cfg, field) != getattr(base, field) or field == "steps":
-            parts.append(f"{flag} {getattr(cfg, field)}")
+            value = getattr(cfg, field)
+            parts.append(f"{flag} {'none' if field == 'teacher' and not value else value}")
     return " ".join(parts)
 
 
