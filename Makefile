@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean baselines
+.PHONY: demo test lint bench clean baselines zoo
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(BIN)/.installed
 # Speed benchmarks with their ratio targets asserted.
 bench: $(BIN)/.installed
 	UADBENCH_BENCH=1 $(BIN)/pytest tests/benchmarks --benchmark-enable -q
+
+# Retrain the whole tiny zoo in place with the shipped recipes (teacher first, then its
+# students two at a time; ~2 h on 2 cores); then `make baselines`. ZOO_FLAGS go to every
+# `uadbench zoo train` (e.g. ZOO_FLAGS="--resume" after an interruption).
+zoo: $(BIN)/.installed
+	$(BIN)/python scripts/train_zoo.py $(ZOO_FLAGS)
 
 # Regenerate the committed CI baselines in results/baselines/ (after retraining the zoo or a
 # deliberate change of defaults); `make baselines ONLY=embedded-default` for one of them.

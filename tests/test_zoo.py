@@ -370,3 +370,28 @@ def test_zoo_train_group_loss_changes_the_weights_and_the_card(tmp_path):
     card = (tmp_path / "b" / "zoo-vit-sam.md").read_text()
     assert "--group-loss 1.0" in card
     assert "--group-loss" not in (tmp_path / "a" / "zoo-vit-sam.md").read_text()
+
+
+def test_train_zoo_script_trains_teacher_then_students_and_resumes(tmp_path):
+    """scripts/train_zoo.py: all four models, each student distilled from the teacher it
+    just wrote (not the shipped one); --resume skips finished models."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_zoo.py"
+    tiny = ["--steps", "2", "--train-images", "3", "--batch-images", "2", "--prompts", "4"]
+    cmd = [sys.executable, str(script), "--out", str(tmp_path), "--", *tiny, "--eval-images", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    order = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("training ")]
+    assert order[0] == "zoo-vit-sam" and sorted(order) == sorted(ZOO_NAMES)
+    teacher = str(tmp_path / "zoo-vit-sam.safetensors")
+    for name in ZOO_NAMES:
+        assert (tmp_path / f"{name}.safetensors").is_file() and (tmp_path / f"{name}.md").is_file()
+        log = (tmp_path / f"{name}.train.log").read_text()
+        assert (f"--teacher-checkpoint {teacher}" in log) == (name != "zoo-vit-sam"), name
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")}
+    res = subprocess.run([*cmd[:4], "--resume", *cmd[4:]], capture_output=True, text=True)
+    assert res.returncode == 0 and "training " not in res.stdout
+    assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")}
