@@ -286,7 +286,10 @@ def train(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    state_path = out / f"{name}.train-state.pt"
     try:
+        # a state that cannot be resumed fails now, not after loading the data
+        resume_state = read_train_state(state_path, cfg) if resume else None
         say(
             f"loading {cfg.train_images} synthetic training scenes (seed {cfg.data_seed}, {cfg.image_size}px)"
         )
@@ -298,8 +301,7 @@ def train(
             ck = str(teacher_checkpoint) if teacher_checkpoint else None
             teacher = tcls(tcls.Config(checkpoint=ck))
             _ = teacher.model  # load now: a missing teacher fails before training
-        state_path = out / f"{name}.train-state.pt"
-        model, before = _fit(cls, data, cfg, say, teacher, state_path, resume, save_every)
+        model, before = _fit(cls, data, cfg, say, teacher, state_path, resume_state, save_every)
         seconds = before + time.perf_counter() - t0
     finally:
         torch.set_num_threads(prev_threads)
@@ -342,7 +344,7 @@ def _fit(
     say: Callable[[str], None],
     teacher: ZooVictim | None = None,
     state_path: Path | None = None,
-    resume: bool = False,
+    resume_state: dict[str, Any] | None = None,
     save_every: int = 100,
 ) -> tuple[torch.nn.Module, float]:
     """Train; returns (model in eval mode, seconds spent in earlier resumed segments)."""
@@ -380,8 +382,8 @@ def _fit(
     t0 = time.perf_counter()
     run_loss = None
     start, before = 0, 0.0
-    if resume:
-        start, run_loss, before = load_train_state(state_path, cfg, model, opt, rng)
+    if resume_state is not None:
+        start, run_loss, before = restore_train_state(resume_state, model, opt, rng)
         say(f"resuming at step {start}/{cfg.steps} from {state_path}")
     for step in range(start, cfg.steps):
         idx = rng.integers(0, len(data), size=cfg.batch_images)
@@ -440,7 +442,7 @@ def save_train_state(
     run_loss: float | None,
     seconds: float,
 ) -> None:
-    """Write everything :func:`load_train_state` needs to continue bit-identically, atomically."""
+    """Write everything :func:`read_train_state` / :func:`restore_train_state` need to continue bit-identically, atomically."""
     state = {
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
         "step": step,
@@ -456,17 +458,11 @@ def save_train_state(
     tmp.replace(path)
 
 
-def load_train_state(
-    path: Path | None,
-    cfg: TrainConfig,
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    rng: np.random.Generator,
-) -> tuple[int, float | None, float]:
-    """Restore a :func:`save_train_state` file into ``model``, ``opt`` and ``rng``; returns
-    (next step, running loss, seconds already spent). A missing or foreign file is a
+def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Read a :func:`save_train_state` file saved with settings ``cfg`` (checked before any
+    training data is loaded). A missing, unreadable or foreign file is a
     :class:`ConfigError` saying what to do."""
-    if path is None or not path.is_file():
+    if not path.is_file():
         raise ConfigError(
             f"--resume: no training state at {path}; start without --resume "
             "(the state is saved every few steps while training)"
@@ -495,6 +491,17 @@ def load_train_state(
             f"--resume: {path} was saved with other training settings ({diff or 'unreadable'}); "
             "rerun with the same flags as the interrupted run, or delete it to start over"
         )
+    return state
+
+
+def restore_train_state(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+) -> tuple[int, float | None, float]:
+    """Load a :func:`read_train_state` state into ``model``, ``opt`` and ``rng``; returns
+    (next step, running loss, seconds already spent)."""
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     rng.bit_generator.state = json.loads(state["numpy_rng"])
