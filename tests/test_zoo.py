@@ -369,8 +369,9 @@ def test_zoo_train_group_loss_changes_the_weights_and_the_card(tmp_path):
     sb = load_file(str(tmp_path / "b" / "zoo-vit-sam.safetensors"))
     assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("image_encoder."))
     card = (tmp_path / "b" / "zoo-vit-sam.md").read_text()
-    assert "--group-loss 1.0" in card
-    assert "--group-loss" not in (tmp_path / "a" / "zoo-vit-sam.md").read_text()
+    assert "--group-loss 1.0" in card and "1 × instance-grouping loss" in card
+    plain = (tmp_path / "a" / "zoo-vit-sam.md").read_text()
+    assert "--group-loss" not in plain and "grouping" not in plain
 
 
 def test_train_zoo_script_trains_teacher_then_students_and_resumes(tmp_path):

@@ -612,6 +612,12 @@ def train_command(name: str, cfg: TrainConfig) -> str:
     return " ".join(parts)
 
 
+def _group_text(cfg: TrainConfig) -> str:
+    if cfg.group_weight <= 0:
+        return ""
+    return f" + {cfg.group_weight:g} × instance-grouping loss on the image embedding"
+
+
 def write_card(result: TrainResult) -> Path:
     """Write the model card ``<name>.md`` beside the weights."""
     cls = zoo_class(result.name)
@@ -647,7 +653,7 @@ def write_card(result: TrainResult) -> Path:
 - data: {cfg.train_images} synthetic scenes (`uadbench.datasets.synthetic`, split `train`,
   data seed {cfg.data_seed}, {cfg.image_size}×{cfg.image_size} px)
 {_teacher_line(cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
-  (half single positive points, half jittered boxes); BCE + dice on the low-res logits;
+  (half single positive points, half jittered boxes); BCE + dice on the low-res logits{_group_text(cfg)};
   AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine
 - wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU threads
   ({platform.processor() or platform.machine()}, torch {torch.__version__}, Python {sys.version.split()[0]})
