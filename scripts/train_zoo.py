@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             log.flush()
             return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
 
-    def is_ready(name: str) -> bool:
+    def is_ready(name: str) -> bool:  # its teacher (if any) is not still to be trained
         t = RECIPES[name].teacher
-        return not t or t in done or (t not in todo and t not in running.values())
+        return t not in todo and t not in running.values()
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -377,10 +380,6 @@ def test_zoo_train_group_loss_changes_the_weights_and_the_card(tmp_path):
 def test_train_zoo_script_trains_teacher_then_students_and_resumes(tmp_path):
     """scripts/train_zoo.py: all four models, each student distilled from the teacher it
     just wrote (not the shipped one); --resume skips finished models."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parent.parent / "scripts" / "train_zoo.py"
     tiny = ["--steps", "2", "--train-images", "3", "--batch-images", "2", "--prompts", "4"]
     cmd = [sys.executable, str(script), "--out", str(tmp_path), "--", *tiny, "--eval-images", "1"]

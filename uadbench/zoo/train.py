@@ -447,7 +447,8 @@ def save_train_state(
     run_loss: float | None,
     seconds: float,
 ) -> None:
-    """Write everything :func:`read_train_state` / :func:`restore_train_state` need to continue bit-identically, atomically."""
+    """Write everything :func:`read_train_state` and :func:`restore_train_state` need to
+    continue bit-identically, atomically."""
     state = {
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
         "step": step,
@@ -487,13 +488,13 @@ def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         saved = None
     now = dataclasses.asdict(cfg)
     if saved != now:
-        diff = ", ".join(
-            f"{k} {saved[k]!r} then, {now[k]!r} now"
-            for k in now
-            if saved and saved.get(k) != now[k]
+        diff = (
+            ", ".join(f"{k} {saved[k]!r} then, {v!r} now" for k, v in now.items() if saved[k] != v)
+            if saved
+            else "unreadable"
         )
         raise ConfigError(
-            f"--resume: {path} was saved with other training settings ({diff or 'unreadable'}); "
+            f"--resume: {path} was saved with other training settings ({diff}); "
             "rerun with the same flags as the interrupted run, or delete it to start over"
         )
     return state
