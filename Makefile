@@ -27,7 +27,7 @@ bench: $(BIN)/.installed
 # Retrain the whole tiny zoo in place with the shipped recipes (teacher first, then its
 # students two at a time; ~1.5 h on 2 cores); then `make baselines`. ZOO_FLAGS are
 # scripts/train_zoo.py's: ZOO_FLAGS=--resume after an interruption; flags after `--` go to
-# every `uadbench zoo train` (ZOO_FLAGS="-- --group-loss 1").
+# every `uadbench zoo train` (ZOO_FLAGS="-- --steps 2000").
 zoo: $(BIN)/.installed
 	$(BIN)/python scripts/train_zoo.py $(ZOO_FLAGS)
 

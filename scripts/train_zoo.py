@@ -11,7 +11,7 @@ Usage::
 
     python scripts/train_zoo.py                      # into uadbench/zoo (replaces the shipped zoo)
     python scripts/train_zoo.py --out /tmp/zoo --only zoo-hf-sam --resume
-    python scripts/train_zoo.py -- --group-loss 1    # extra flags for every `zoo train`
+    python scripts/train_zoo.py -- --group-loss 0    # extra flags for every `zoo train`
 
 After replacing the shipped weights, regenerate the baselines (``make baselines``): the
 test suite compares the weights digest the baselines were made with.

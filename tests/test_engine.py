@@ -75,36 +75,30 @@ def test_run_writes_rows_manifest_and_images(tmp_path):
     assert _files(res.run_dir) == before
 
 
-@pytest.mark.parametrize("kill_when", ["attack", "eval"])
-def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kill_when):
-    out = tmp_path / "run"
-    args = [
-        "run",
-        "--attack",
-        "feature-pgd:steps=3",
-        "--victims",
-        TINY,
-        "--limit",
-        "3",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+def _start_run_then_signal(out: Path, kill_when: str, sig: int):
+    """Start a small run in a subprocess, send ``sig`` once a first job has finished and
+    return (args, exit code, stderr, the finished files with their mtimes)."""
+    args = ["run", "--attack", "feature-pgd:steps=3", "--victims", TINY, "--limit", "3"]
+    args += ["--out", str(out), "--no-progress"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "uadbench.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        text=True,
     )
     pattern = "adv/**/*.png" if kill_when == "attack" else "rows/**/feature-pgd-*/*.parquet"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not list(out.glob(pattern)):
         time.sleep(0.02)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "run finished before it could be stopped"
+    proc.send_signal(sig)
+    _, err = proc.communicate()
     finished = _files(out)
-    assert finished, "the killed run left no finished job"
-    assert (out / ".lock").exists()  # stale lock of the dead process: must not block the resume
+    assert finished, "the stopped run left no finished job"
+    return args, proc.returncode, err, finished
+
+
+def _resume_loses_and_duplicates_nothing(out: Path, args: list[str], finished: dict[str, int]):
     again = _cli(*args)
     assert again.returncode == 0, again.stderr
     rows = load_rows(out)
@@ -115,6 +109,25 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kill_when):
         assert after[path] == mtime, f"finished job redone: {path}"
     assert not list(out.glob("**/*.tmp"))
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("kill_when", ["attack", "eval"])
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kill_when):
+    out = tmp_path / "run"
+    args, _, _, finished = _start_run_then_signal(out, kill_when, signal.SIGKILL)
+    assert (out / ".lock").exists()  # stale lock of the dead process: must not block the resume
+    _resume_loses_and_duplicates_nothing(out, args, finished)
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path):
+    """kill / timeout / a scheduler's preemption send SIGTERM: the run stops cleanly (exit
+    130, says how to resume, lock released, no half-written file) and resumes exactly."""
+    out = tmp_path / "run"
+    args, code, err, finished = _start_run_then_signal(out, "attack", signal.SIGTERM)
+    assert code == 130, err
+    assert "interrupted; finished jobs are saved — rerun the same command" in err
+    assert not (out / ".lock").exists() and not list(out.glob("**/*.tmp"))
+    _resume_loses_and_duplicates_nothing(out, args, finished)
 
 
 def test_failed_job_is_recorded_rest_kept_exit_nonzero(tmp_path):

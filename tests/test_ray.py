@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs ray: pip install
 from uadbench import api  # noqa: E402
 from uadbench.engine.ray_executor import RayExecutor  # noqa: E402
 from uadbench.store.manifest import open_manifest  # noqa: E402
-from uadbench.store.rundir import load_rows  # noqa: E402
+from uadbench.store.rundir import load_rows, remove_orphan_temp_files  # noqa: E402
 
 TINY = "seeded-sam-tiny"
 KEY = ["sample_id", "attack", "victim", "prompt_index"]
@@ -146,7 +146,11 @@ def test_killed_worker_is_restarted_and_nothing_is_lost_or_redone(cluster, tmp_p
     assert len(after) == 4 + 4 * 2 * 2
     for path, mtime in {**before1, **before2}.items():
         assert after[path] == mtime, f"finished job redone: {path}"
-    assert not list(out.glob("**/*.tmp"))
+    # a worker killed mid-write leaves its temp file (at most one per kill); api.run, which
+    # holds the run's lock, sweeps them once the executor is done
+    left = list(out.glob("**/*.tmp"))
+    assert len(left) <= 2, left
+    assert remove_orphan_temp_files(out) == len(left) and not list(out.glob("**/*.tmp"))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

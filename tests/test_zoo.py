@@ -80,17 +80,7 @@ def test_zoo_model_segments_held_out_scenes(name, zoo_victims, held_out):
     assert box_miou(v, held_out) >= BOX_BAR
 
 
-#: known image-blind: distilled for 800 steps its encoder still outputs a near-constant
-#: embedding (spatial variance 0.015 against the teacher's 0.13) and masks on a grey image
-#: agree 97% with the real ones. strict: the day it uses the image, this must be removed.
-IMAGE_BLIND = pytest.mark.xfail(
-    strict=True, reason="zoo-hf-sam is still image-blind (issue 7: quality bar not met)"
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=IMAGE_BLIND) if n == "zoo-hf-sam" else n for n in ZOO_NAMES]
-)
+@pytest.mark.parametrize("name", ZOO_NAMES)
 def test_masks_depend_on_the_image(name, zoo_victims, held_out):
     """The same prompts on a uniform grey image give other masks, and worse ones: a model
     that segments from the prompt alone (filled box, blob around the point) fails here."""
@@ -225,7 +215,7 @@ def test_model_card_states_measured_miou(name):
     assert agree
     blind = "The masks barely depend on the image" in text
     assert blind == image_blind({"grey_agreement": float(agree.group(1))})
-    assert blind == (name == "zoo-hf-sam")  # see IMAGE_BLIND
+    assert not blind  # every shipped model uses the image (test_masks_depend_on_the_image)
 
 
 def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypatch, capsys):
@@ -237,6 +227,7 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
 
     args = ["zoo", "train", "zoo-vit-sam", "--steps", "4", "--train-images", "4"]
     args += ["--batch-images", "2", "--prompts", "4", "--eval-images", "0", "--save-every", "2"]
+    args += ["--group-loss", "0"]  # off, as in states saved before the setting existed
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
 
     real, calls = zoo_train.seg_loss, []
@@ -250,6 +241,7 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     monkeypatch.setattr(zoo_train, "seg_loss", interrupting)
     out_b = tmp_path / "b"
     assert main([*args, "--out", str(out_b)]) == 130
+    assert "rerun with the same flags and --resume" in capsys.readouterr().err
     monkeypatch.setattr(zoo_train, "seg_loss", real)
     state = out_b / "zoo-vit-sam.train-state.pt"
     assert state.is_file() and not (out_b / "zoo-vit-sam.safetensors").exists()
@@ -274,6 +266,9 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     del cfg["group_weight"]
     saved["config"] = json.dumps(cfg)
     torch.save(saved, state)
+    capsys.readouterr()
+    assert main([*args[:-2], "--out", str(out_b), "--resume"]) == 2  # the recipe's 1 differs
+    assert "group_weight 0.0 then, 1.0 now" in capsys.readouterr().err
     monkeypatch.setattr(zoo_train, "seg_loss", counting)
     assert main([*args, "--out", str(out_b), "--resume"]) == 0
     assert len(counted) == 2 * 2  # steps 3 and 4 only, 2 images each
@@ -362,19 +357,21 @@ def test_grouping_loss_is_zero_only_for_grouped_embeddings():
 
 
 def test_zoo_train_group_loss_changes_the_weights_and_the_card(tmp_path):
+    """The recipes train with the grouping loss (weight 1); `--group-loss 0` turns it off,
+    which changes the encoder's weights and shows in the card's command and recipe."""
     from safetensors.torch import load_file
 
     args = ["zoo", "train", "zoo-vit-sam", "--steps", "2", "--train-images", "3"]
     args += ["--batch-images", "2", "--prompts", "4", "--eval-images", "1"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert main([*args, "--group-loss", "1", "--out", str(tmp_path / "b")]) == 0
+    assert main([*args, "--group-loss", "0", "--out", str(tmp_path / "b")]) == 0
     sa = load_file(str(tmp_path / "a" / "zoo-vit-sam.safetensors"))
     sb = load_file(str(tmp_path / "b" / "zoo-vit-sam.safetensors"))
     assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("image_encoder."))
-    card = (tmp_path / "b" / "zoo-vit-sam.md").read_text()
-    assert "--group-loss 1.0" in card and "1 × instance-grouping loss" in card
-    plain = (tmp_path / "a" / "zoo-vit-sam.md").read_text()
-    assert "--group-loss" not in plain and "grouping" not in plain
+    recipe = (tmp_path / "a" / "zoo-vit-sam.md").read_text()
+    assert "--group-loss" not in recipe and "1 × instance-grouping loss" in recipe
+    off = (tmp_path / "b" / "zoo-vit-sam.md").read_text()
+    assert "--group-loss 0.0" in off and "grouping" not in off
 
 
 def test_train_zoo_script_trains_teacher_then_students_and_resumes(tmp_path):

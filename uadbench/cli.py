@@ -7,7 +7,9 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .errors import UadbenchError
@@ -287,20 +289,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except UadbenchError as exc:
         print(f"uadbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "uadbench: interrupted; finished jobs are saved — rerun the same command to resume",
-            file=sys.stderr,
-        )
+        hint = getattr(args, "on_interrupt", INTERRUPTED)
+        print(f"uadbench: interrupted; {hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+#: what an interrupted command keeps (commands with other state set ``on_interrupt``)
+INTERRUPTED = "finished jobs are saved — rerun the same command to resume"
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (``kill``, ``timeout``, a batch scheduler's preemption, ``docker stop``)
+    stop a command the way Ctrl-C does — finished work saved, exit code 130 — instead of
+    killing it mid-write. Returns the previous handler (None where signals cannot be set:
+    outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _sigterm)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         "--group-loss",
         type=float,
         default=None,
-        help="weight of the auxiliary instance-grouping loss on the image embedding (0: off)",
+        help="weight of the auxiliary instance-grouping loss on the image embedding (0: off; recipes: 1)",
     )
     t.add_argument(
         "--teacher-checkpoint", default=None, help="teacher weights (default: its shipped file)"
@@ -87,7 +87,11 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         default=200,
         help="held-out test scenes evaluated at the end (0: skip)",
     )
-    t.set_defaults(func=cmd_zoo_train)
+    t.set_defaults(
+        func=cmd_zoo_train,
+        on_interrupt="the training state of the last --save-every step is kept — rerun "
+        "with the same flags and --resume to continue",
+    )
 
     e = sub.add_parser(
         "eval",
