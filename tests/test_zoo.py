@@ -227,6 +227,7 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
 
     args = ["zoo", "train", "zoo-vit-sam", "--steps", "4", "--train-images", "4"]
     args += ["--batch-images", "2", "--prompts", "4", "--eval-images", "0", "--save-every", "2"]
+    recipe_args = list(args)  # the recipe's grouping weight, 1
     args += ["--group-loss", "0"]  # off, as in states saved before the setting existed
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
 
@@ -267,7 +268,7 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     saved["config"] = json.dumps(cfg)
     torch.save(saved, state)
     capsys.readouterr()
-    assert main([*args[:-2], "--out", str(out_b), "--resume"]) == 2  # the recipe's 1 differs
+    assert main([*recipe_args, "--out", str(out_b), "--resume"]) == 2
     assert "group_weight 0.0 then, 1.0 now" in capsys.readouterr().err
     monkeypatch.setattr(zoo_train, "seg_loss", counting)
     assert main([*args, "--out", str(out_b), "--resume"]) == 0

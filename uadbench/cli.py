@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -289,22 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    previous = _stop_on_sigterm()
-    try:
-        return int(args.func(args) or 0)
-    except UadbenchError as exc:
-        print(f"uadbench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        hint = getattr(args, "on_interrupt", INTERRUPTED)
-        print(f"uadbench: interrupted; {hint}", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with _sigterm_as_interrupt():
+        try:
+            return int(args.func(args) or 0)
+        except UadbenchError as exc:
+            print(f"uadbench: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            hint = getattr(args, "on_interrupt", INTERRUPTED)
+            print(f"uadbench: interrupted; {hint}", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
 
 #: what an interrupted command keeps (commands with other state set ``on_interrupt``)
@@ -315,14 +313,19 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def _stop_on_sigterm():
-    """Make SIGTERM (``kill``, ``timeout``, a batch scheduler's preemption, ``docker stop``)
-    stop a command the way Ctrl-C does — finished work saved, exit code 130 — instead of
-    killing it mid-write. Returns the previous handler (None where signals cannot be set:
-    outside the main thread)."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM (``kill``, ``timeout``, a batch scheduler's preemption,
+    ``docker stop``) stops it the way Ctrl-C does — finished work saved, exit code 130 —
+    instead of killing it mid-write. Signals can only be set from the main thread."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _sigterm)
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":
