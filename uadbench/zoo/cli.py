@@ -14,7 +14,7 @@ ZOO_EPILOG = """examples:
 
 def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``zoo train`` and ``zoo eval`` to the ``uadbench`` command."""
-    from .models import ZOO
+    from .models import CANDIDATES, ZOO
 
     p = subparsers.add_parser(
         "zoo",
@@ -23,7 +23,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
-    names = ", ".join(ZOO)
+    names = f"{', '.join(ZOO)}; candidates in training: {', '.join(CANDIDATES)}"
 
     t = sub.add_parser(
         "train",
@@ -42,9 +42,17 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--train-images", type=int, default=None, help="synthetic training scenes (default 4000)"
     )
-    t.add_argument("--batch-images", type=int, default=None, help="images per step (default 8)")
     t.add_argument(
-        "--prompts", type=int, default=None, help="prompts decoded per image per step (default 24)"
+        "--batch-images",
+        type=int,
+        default=None,
+        help="images per step (default: the model's recipe)",
+    )
+    t.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        help="prompts decoded per image per step (default: the model's recipe)",
     )
     t.add_argument("--lr", type=float, default=None, help="peak learning rate")
     t.add_argument(

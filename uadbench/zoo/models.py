@@ -208,11 +208,20 @@ class ZooVictim(SamFamilyVictim):
         status = self.weights_status(self.config)
         hint = f"rebuild it with `uadbench zoo train {self.name} --out {ZOO_DIR}`"
         if not status.found:
+            where = [status.detail] if status.detail else []
+            if self.name not in ZOO:
+                raise MissingCheckpointError(
+                    self.name,
+                    where,
+                    f"{self.name} is a candidate architecture and does not ship: train it with "
+                    f"`uadbench zoo train {self.name} --out DIR` and pass checkpoint=DIR/"
+                    f"{self.name}.safetensors (`zoo eval --checkpoint`).",
+                )
             raise MissingCheckpointError(
                 self.name,
-                [status.detail] if status.detail else [],
-                f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 1 h on one CPU core, "
-                "the others 10-20 min each, distilled from it).",
+                where,
+                f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 1.5 h on one CPU "
+                "core, the others 10-20 min each, distilled from it).",
             )
         model = self.new_model()
         try:
@@ -370,6 +379,11 @@ class TinyViTArch:
     decoder_heads: int = 4
     iou_head_hidden_dim: int = 64
 
+    @property
+    def stride(self) -> int:
+        """Input pixels per output token: the stem's 4, doubled by every stage but the last."""
+        return 4 * 2 ** (len(self.depths) - 1)
+
 
 def _import_tiny_vit():
     with warnings.catch_warnings():  # timm deprecation notes and registry overwrites on import
@@ -382,7 +396,8 @@ class TinyViTEncoder(nn.Module):
     """TinyViT trunk (``segment_anything_hq``'s implementation, without its 64×64-only
     forward and 256-channel neck) + a SAM-style neck to ``out_chans``.
 
-    Input (B, 3, S, S) normalised; output (B, out_chans, S/16, S/16).
+    Input (B, 3, S, S) normalised; output (B, out_chans, S/stride, S/stride) (stride 16
+    for three stages, 8 for two).
     """
 
     def __init__(self, arch: TinyViTArch):
@@ -414,7 +429,7 @@ class TinyViTEncoder(nn.Module):
             nn.Conv2d(arch.prompt_dim, arch.prompt_dim, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(arch.prompt_dim),
         )
-        self.out_hw = arch.img_size // 16
+        self.out_hw = arch.img_size // arch.stride
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -460,7 +475,7 @@ class ZooTinyViTSam(ZooVictim):
         from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
         a = cls.tiny_arch
-        emb = a.img_size // 16
+        emb = a.img_size // a.stride
         return Sam(
             image_encoder=TinyViTEncoder(a),
             prompt_encoder=PromptEncoder(
@@ -684,4 +699,49 @@ class ZooHFSam(ZooVictim):
 #: zoo name → victim class (the registry in ``uadbench.victims`` points at these).
 ZOO: dict[str, type[ZooVictim]] = {
     c.name: c for c in (ZooViTSam, ZooHQSam, ZooTinyViTSam, ZooHFSam)
+}
+
+
+# ---------------------------------------------------------------------------- candidates
+class ZooViTSam32(ZooViTSam):
+    """Candidate successor of zoo-vit-sam: the same ViT and decoder at 256² input (conv
+    stem of stride 8 → 32×32 tokens instead of 16×16), so masks come from a 128×128 grid
+    and the 16×16 token grid's ceiling (box mIoU ~83 for a perfect model) goes away."""
+
+    name = "zoo-vit-sam-32"
+    arch = dataclasses.replace(VIT_ARCH, img_size=256)
+
+
+#: architectures being trained towards the zoo's quality bar: ``uadbench zoo train`` and
+#: ``zoo eval --checkpoint`` take them, but they are not victims (``--victims all`` and the
+#: baselines do not change) until they replace a model of :data:`ZOO`.
+class ZooHQSam32(ZooHQSam):
+    """Candidate successor of zoo-hq-sam: its ViT and HQ decoder at 256² input (32×32
+    tokens), distilled from zoo-vit-sam-32."""
+
+    name = "zoo-hq-sam-32"
+    arch = dataclasses.replace(HQ_ARCH, img_size=256)
+
+
+class ZooTinyViTSam32(ZooTinyViTSam):
+    """Candidate successor of zoo-tinyvit-sam: a two-stage TinyViT (MBConv stage of width
+    32, then 4 windowed-attention blocks of width 128; stride 8 → 32×32 tokens at 256²)
+    with the SAM decoder, distilled from zoo-vit-sam-32."""
+
+    name = "zoo-tinyvit-sam-32"
+    tiny_arch = TinyViTArch(
+        embed_dims=(32, 128), depths=(1, 4), num_heads=(1, 4), window_sizes=(8, 8)
+    )
+
+
+class ZooHFSam32(ZooHFSam):
+    """Candidate successor of zoo-hf-sam: the same ``transformers`` ``SamConfig`` with
+    patch 8 at 256² (32×32 tokens), distilled from zoo-vit-sam-32."""
+
+    name = "zoo-hf-sam-32"
+    hf_arch = HFSamArch(patch_size=8)
+
+
+CANDIDATES: dict[str, type[ZooVictim]] = {
+    c.name: c for c in (ZooViTSam32, ZooHQSam32, ZooTinyViTSam32, ZooHFSam32)
 }
