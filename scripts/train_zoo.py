@@ -12,11 +12,10 @@ Usage::
     python scripts/train_zoo.py                      # into uadbench/zoo (replaces the shipped zoo)
     python scripts/train_zoo.py --out /tmp/zoo --only zoo-hf-sam --resume
     python scripts/train_zoo.py -- --group-loss 0    # extra flags for every `zoo train`
-    python scripts/train_zoo.py --candidates --out training --resume   # the 32×32 candidates
+    python scripts/train_zoo.py --candidates --out zoo-candidates --resume   # 32×32 candidates
 
 ``--candidates`` trains the candidate architectures (``uadbench.zoo.models.CANDIDATES``,
-not victims until they replace the zoo) instead of the shipped zoo; their teacher's
-interrupted training state is committed in ``training/`` so that it can be continued.
+not victims until they replace the zoo) instead of the shipped zoo.
 
 After replacing the shipped weights, regenerate the baselines (``make baselines``): the
 test suite compares the weights digest the baselines were made with.

@@ -208,21 +208,18 @@ class ZooVictim(SamFamilyVictim):
         status = self.weights_status(self.config)
         hint = f"rebuild it with `uadbench zoo train {self.name} --out {ZOO_DIR}`"
         if not status.found:
-            where = [status.detail] if status.detail else []
-            if self.name not in ZOO:
-                raise MissingCheckpointError(
-                    self.name,
-                    where,
+            if self.name in ZOO:
+                how = (
+                    f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 1.5 h on one "
+                    "CPU core, the others 10-20 min each, distilled from it)."
+                )
+            else:
+                how = (
                     f"{self.name} is a candidate architecture and does not ship: train it with "
                     f"`uadbench zoo train {self.name} --out DIR` and pass checkpoint=DIR/"
-                    f"{self.name}.safetensors (`zoo eval --checkpoint`).",
+                    f"{self.name}.safetensors (`zoo eval --checkpoint`)."
                 )
-            raise MissingCheckpointError(
-                self.name,
-                where,
-                f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 1.5 h on one CPU "
-                "core, the others 10-20 min each, distilled from it).",
-            )
+            raise MissingCheckpointError(self.name, [status.detail] if status.detail else [], how)
         model = self.new_model()
         try:
             load_state_dict_file(model, status.where, self.name)
@@ -712,9 +709,6 @@ class ZooViTSam32(ZooViTSam):
     arch = dataclasses.replace(VIT_ARCH, img_size=256)
 
 
-#: architectures being trained towards the zoo's quality bar: ``uadbench zoo train`` and
-#: ``zoo eval --checkpoint`` take them, but they are not victims (``--victims all`` and the
-#: baselines do not change) until they replace a model of :data:`ZOO`.
 class ZooHQSam32(ZooHQSam):
     """Candidate successor of zoo-hq-sam: its ViT and HQ decoder at 256² input (32×32
     tokens), distilled from zoo-vit-sam-32."""
@@ -742,6 +736,9 @@ class ZooHFSam32(ZooHFSam):
     hf_arch = HFSamArch(patch_size=8)
 
 
+#: architectures being trained towards the zoo's quality bar: ``uadbench zoo train`` and
+#: ``zoo eval --checkpoint`` take them, but they are not victims (``--victims all`` and the
+#: baselines do not change) until they replace a model of :data:`ZOO`.
 CANDIDATES: dict[str, type[ZooVictim]] = {
     c.name: c for c in (ZooViTSam32, ZooHQSam32, ZooTinyViTSam32, ZooHFSam32)
 }

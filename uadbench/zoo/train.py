@@ -87,16 +87,18 @@ RECIPES: dict[str, TrainConfig] = {
     "zoo-hq-sam": TrainConfig(steps=600, teacher="zoo-vit-sam", group_weight=1.0),
     "zoo-tinyvit-sam": TrainConfig(steps=600, teacher="zoo-vit-sam", group_weight=1.0),
     "zoo-hf-sam": TrainConfig(steps=800, teacher="zoo-vit-sam", group_weight=1.0),
-    # candidates (not shipped, see models.CANDIDATES): 32×32 tokens; the teacher takes
-    # ~5 s/step on 2 threads
+    # candidate (not shipped, see models.CANDIDATES): 32×32 tokens, ~5 s/step on 2 threads
     "zoo-vit-sam-32": TrainConfig(
         steps=2000, batch_images=12, prompts_per_image=12, group_weight=1.0, threads=2
     ),
-    **{
-        f"{n}-32": TrainConfig(steps=s, teacher="zoo-vit-sam-32", group_weight=1.0)
-        for n, s in (("zoo-hq-sam", 600), ("zoo-tinyvit-sam", 600), ("zoo-hf-sam", 800))
-    },
 }
+#: the candidate students: their zoo counterpart's recipe, distilled from zoo-vit-sam-32
+RECIPES.update(
+    {
+        f"{n}-32": dataclasses.replace(RECIPES[n], teacher="zoo-vit-sam-32")
+        for n in ("zoo-hq-sam", "zoo-tinyvit-sam", "zoo-hf-sam")
+    }
+)
 
 
 def zoo_class(name: str) -> type[ZooVictim]:
