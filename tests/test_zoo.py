@@ -424,10 +424,11 @@ def test_unknown_zoo_name_says_did_you_mean(capsys):
     assert "\n" not in err and "Did you mean 'zoo-vit-sam'" in err
 
 
-def test_candidate_without_weights_says_how_to_get_them(tmp_path):
-    from uadbench.zoo.models import CANDIDATES
+def test_candidate_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    from uadbench.zoo import models
 
-    cls = CANDIDATES["zoo-vit-sam-32"]
+    monkeypatch.setattr(models, "ZOO_DIR", tmp_path)  # no candidate weights there
+    cls = models.CANDIDATES["zoo-vit-sam-32"]
     with pytest.raises(MissingCheckpointError) as ei:
         _ = cls(cls.Config()).model
     msg = str(ei.value)

@@ -215,7 +215,7 @@ class ZooVictim(SamFamilyVictim):
                 )
             else:
                 how = (
-                    f"{self.name} is a candidate architecture and does not ship: train it with "
+                    f"{self.name} is a candidate architecture without weights here: train it with "
                     f"`uadbench zoo train {self.name} --out DIR` and pass checkpoint=DIR/"
                     f"{self.name}.safetensors (`zoo eval --checkpoint`)."
                 )
@@ -737,8 +737,9 @@ class ZooHFSam32(ZooHFSam):
 
 
 #: architectures being trained towards the zoo's quality bar: ``uadbench zoo train`` and
-#: ``zoo eval --checkpoint`` take them, but they are not victims (``--victims all`` and the
-#: baselines do not change) until they replace a model of :data:`ZOO`.
+#: ``zoo eval`` take them (weights from ``checkpoint=`` or, once trained, beside the zoo's),
+#: but they are not victims (``--victims all`` and the baselines do not change) until they
+#: replace a model of :data:`ZOO`.
 CANDIDATES: dict[str, type[ZooVictim]] = {
     c.name: c for c in (ZooViTSam32, ZooHQSam32, ZooTinyViTSam32, ZooHFSam32)
 }
