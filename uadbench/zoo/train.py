@@ -87,7 +87,7 @@ RECIPES: dict[str, TrainConfig] = {
     "zoo-hq-sam": TrainConfig(steps=600, teacher="zoo-vit-sam", group_weight=1.0),
     "zoo-tinyvit-sam": TrainConfig(steps=600, teacher="zoo-vit-sam", group_weight=1.0),
     "zoo-hf-sam": TrainConfig(steps=800, teacher="zoo-vit-sam", group_weight=1.0),
-    # candidate (not shipped, see models.CANDIDATES): 32×32 tokens, ~5 s/step on 2 threads
+    # candidate (not a victim, see models.CANDIDATES): 32×32 tokens, ~4.2 s/step on 2 threads
     "zoo-vit-sam-32": TrainConfig(
         steps=2000, batch_images=12, prompts_per_image=12, group_weight=1.0, threads=2
     ),
