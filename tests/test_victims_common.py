@@ -347,3 +347,45 @@ def prepare(name: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> Prepared 
     if cls.weights_status(cls.Config()).found:  # built in code / shipped with the package
         return Prepared(cls, cls.Config(), cls(cls.Config()), Path("/"))
     return None
+
+
+def seven_prompts() -> PromptSet:
+    """Four points and three boxes spread over a 96×128 image."""
+    return PromptSet.from_lists(
+        points=[(30.0, 40.0), (95.0, 50.0), (10.0, 80.0), (120.0, 5.0)],
+        boxes=[(8.0, 18.0, 52.0, 62.0), (73.0, 28.0, 117.0, 72.0), (0.0, 0.0, 127.0, 95.0)],
+    )
+
+
+def assert_mask_logits_in_prompt_batches(make_victim: Any) -> None:
+    """``make_victim(prompt_batch)`` -> a victim (same weights every call). Its
+    differentiable ``mask_logits`` must call the mask decoder with at most ``prompt_batch``
+    prompts at a time and give the same logits and input gradients as one call."""
+    prompts = seven_prompts()
+    torch.manual_seed(0)
+    x0 = torch.rand(2, 3, 96, 128)
+    out = {}
+    for batch in (3, 64):
+        victim = make_victim(batch)
+        model = victim.model
+        decoder = model.mask_decoder if hasattr(model, "mask_decoder") else model.sam.mask_decoder
+        sizes: list[int] = []
+        hook = decoder.register_forward_pre_hook(
+            lambda m, a, kw, sizes=sizes: sizes.append(
+                int(kw["sparse_prompt_embeddings"].shape[0])
+            ),
+            with_kwargs=True,
+        )
+        x = x0.clone().requires_grad_()
+        try:
+            logits = victim.mask_logits(x, [prompts, prompts.subset(np.array([1, 5]))])
+        finally:
+            hook.remove()
+        (logits[0].square().mean() + logits[1].mean()).backward()
+        out[batch] = (sizes, [t.detach() for t in logits], x.grad)
+    assert out[3][0] == [3, 3, 1, 2] and out[64][0] == [7, 2]
+    for a, b in zip(out[3][1], out[64][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    scale = float(out[64][2].abs().max())
+    assert scale > 0
+    torch.testing.assert_close(out[3][2], out[64][2], atol=1e-4 * scale, rtol=1e-3)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_victims_common import (
     SMALL_TINY_VIT,
+    assert_mask_logits_in_prompt_batches,
     far_prompts,
     random_model,
     tiny_twin,
@@ -126,6 +127,15 @@ def test_hq_mask_logits_per_image_and_differentiable(tmp_path, monkeypatch):
     with torch.no_grad():  # image 1's logits come from image 1's features
         alone = victim.mask_logits(x[1:].detach(), [one.subset(np.array([0, 3]))])[0]
     torch.testing.assert_close(alone, logits[1].detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sam-vit-b", "hq-sam-vit-b", "mobilesam"])
+def test_mask_logits_decode_prompt_batch_prompts_per_call(name, tmp_path, monkeypatch):
+    """Attack-SAM-K sends 400 prompts per image through the differentiable path; they
+    are decoded `prompt_batch` at a time with the same logits and gradients as one call."""
+    assert_mask_logits_in_prompt_batches(
+        lambda batch: _loaded(name, tmp_path, monkeypatch, prompt_batch=batch)
+    )
 
 
 def test_small_tinyvit_is_still_tinyvit():

@@ -418,6 +418,14 @@ def test_candidates_are_trainable_but_not_victims():
     assert teachers == {"zoo-vit-sam-32"} and not RECIPES["zoo-vit-sam-32"].teacher
 
 
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_mask_logits_decode_prompt_batch_prompts_per_call(name):
+    from test_victims_common import assert_mask_logits_in_prompt_batches
+
+    cls = ZOO[name]
+    assert_mask_logits_in_prompt_batches(lambda batch: cls(cls.Config(prompt_batch=batch)))
+
+
 def test_unknown_zoo_name_says_did_you_mean(capsys):
     assert main(["zoo", "eval", "zoo-vitsam", "--n", "1"]) == 2
     err = capsys.readouterr().err.strip()

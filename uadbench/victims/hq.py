@@ -254,10 +254,15 @@ class HqSamVictim(CheckpointVictim):
         hw = tuple(x.shape[-2:])
         z, input_hw = self._to_model_input(x)
         enc = self._encode_image(z)
-        return [
-            self._hq_low_res_logits({k: v[i : i + 1] for k, v in enc.items()}, p, hw, input_hw)
-            for i, p in enumerate(prompts)
-        ]
+        out = []
+        for i, p in enumerate(prompts):
+            st = {k: v[i : i + 1] for k, v in enc.items()}
+            out.append(
+                self._in_prompt_batches(
+                    p, lambda q, st=st: self._hq_low_res_logits(st, q, hw, input_hw)
+                )
+            )
+        return out
 
 
 class HqSamViTB(HqSamVictim):

@@ -224,7 +224,10 @@ class SamFamilyVictim(Victim):
         z, input_hw = self._to_model_input(x)
         emb = self._encode_image(z)["emb"]
         return [
-            self._low_res_logits(emb[i : i + 1], p, hw, input_hw) for i, p in enumerate(prompts)
+            self._in_prompt_batches(
+                p, lambda q, e=emb[i : i + 1]: self._low_res_logits(e, q, hw, input_hw)
+            )
+            for i, p in enumerate(prompts)
         ]
 
 

@@ -247,7 +247,8 @@ class ZooVictim(SamFamilyVictim):
         z, input_hw = self._to_model_input(x)
         state = self._embed_batch(z)
         return state["emb"], [
-            self._logits_for(state, i, p, hw, input_hw) for i, p in enumerate(prompts)
+            self._in_prompt_batches(p, lambda q, i=i: self._logits_for(state, i, q, hw, input_hw))
+            for i, p in enumerate(prompts)
         ]
 
     def mask_logits(self, x: torch.Tensor, prompts: Sequence[PromptSet]) -> list[torch.Tensor]:
