@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -149,9 +149,7 @@ class Victim(ABC):
             return out
         if state is None:
             state = self.embed(image)
-        step = max(1, int(self.config.prompt_batch))
-        for start in range(0, len(prompts), step):
-            idx = np.arange(start, min(start + step, len(prompts)))
+        for idx in self._prompt_batches(len(prompts)):
             masks = self.decode(state, prompts.subset(idx), (h, w))
             out[idx] = masks.cpu().numpy().astype(bool)
         return out
@@ -187,15 +185,17 @@ class Victim(ABC):
         CPU the backward pass over Attack-SAM-K's 400 prompts takes ~1.4× less time in
         batches of 128 than as one call with 32×32 image tokens
         (``tests/benchmarks/test_bench_mask_logits.py``)."""
-        step = max(1, int(self.config.prompt_batch))
-        if len(prompts) <= step:
+        if len(prompts) <= max(1, int(self.config.prompt_batch)):
             return logits_for(prompts)
         return torch.cat(
-            [
-                logits_for(prompts.subset(np.arange(s, min(s + step, len(prompts)))))
-                for s in range(0, len(prompts), step)
-            ]
+            [logits_for(prompts.subset(idx)) for idx in self._prompt_batches(len(prompts))]
         )
+
+    def _prompt_batches(self, n: int) -> Iterator[np.ndarray]:
+        """Indices of ``n`` prompts in consecutive batches of ``config.prompt_batch``."""
+        step = max(1, int(self.config.prompt_batch))
+        for start in range(0, n, step):
+            yield np.arange(start, min(start + step, n))
 
     def describe(self) -> str:
         return self.name + (f" ({self.note})" if self.note else "")
