@@ -357,17 +357,18 @@ def seven_prompts() -> PromptSet:
     )
 
 
-def assert_mask_logits_in_prompt_batches(make_victim: Any) -> None:
-    """``make_victim(prompt_batch)`` -> a victim (same weights every call). Its
-    differentiable ``mask_logits`` must call the mask decoder with at most ``prompt_batch``
-    prompts at a time and give the same logits and input gradients as one call."""
+def assert_mask_logits_in_prompt_batches(victim: Any) -> None:
+    """``victim``'s differentiable ``mask_logits`` must call the mask decoder with at most
+    ``prompt_batch`` prompts at a time and give the same logits and input gradients as one
+    call (the victim is rebuilt with prompt_batch 3 and 64 around the same model)."""
     prompts = seven_prompts()
     torch.manual_seed(0)
     x0 = torch.rand(2, 3, 96, 128)
+    model = victim.model
     out = {}
     for batch in (3, 64):
-        victim = make_victim(batch)
-        model = victim.model
+        victim = type(victim)(dataclasses.replace(victim.config, prompt_batch=batch))
+        victim._model = model
         decoder = model.mask_decoder if hasattr(model, "mask_decoder") else model.sam.mask_decoder
         sizes: list[int] = []
         hook = decoder.register_forward_pre_hook(

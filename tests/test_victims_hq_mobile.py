@@ -133,9 +133,7 @@ def test_hq_mask_logits_per_image_and_differentiable(tmp_path, monkeypatch):
 def test_mask_logits_decode_prompt_batch_prompts_per_call(name, tmp_path, monkeypatch):
     """Attack-SAM-K sends 400 prompts per image through the differentiable path; they
     are decoded `prompt_batch` at a time with the same logits and gradients as one call."""
-    assert_mask_logits_in_prompt_batches(
-        lambda batch: _loaded(name, tmp_path, monkeypatch, prompt_batch=batch)
-    )
+    assert_mask_logits_in_prompt_batches(_loaded(name, tmp_path, monkeypatch))
 
 
 def test_small_tinyvit_is_still_tinyvit():

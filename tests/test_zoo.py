@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from test_victims_common import assert_mask_logits_in_prompt_batches
 
 from uadbench.cli import main
 from uadbench.datasets.sa1b import SA1B
@@ -419,11 +420,8 @@ def test_candidates_are_trainable_but_not_victims():
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
-def test_zoo_mask_logits_decode_prompt_batch_prompts_per_call(name):
-    from test_victims_common import assert_mask_logits_in_prompt_batches
-
-    cls = ZOO[name]
-    assert_mask_logits_in_prompt_batches(lambda batch: cls(cls.Config(prompt_batch=batch)))
+def test_zoo_mask_logits_decode_prompt_batch_prompts_per_call(name, zoo_victims):
+    assert_mask_logits_in_prompt_batches(zoo_victims[name])
 
 
 def test_unknown_zoo_name_says_did_you_mean(capsys):

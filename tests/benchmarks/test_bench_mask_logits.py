@@ -5,9 +5,9 @@ decoder, forward and backward, every step (40 steps per image). A SAM decoder's
 per-prompt tensors scale with prompts × image tokens (each prompt gets its own copy of
 the image embedding, upscaled 4×), and on a CPU the backward pass over one batch of 400
 is markedly slower than over four batches of ≤ 128 (``config.prompt_batch``, what
-``mask_logits`` uses). This measures both on the zoo's ViT-SAM architecture at 256²
-input (32×32 image tokens, masks from a 128×128 grid; seeded random weights — the time
-does not depend on them), one image, forward + backward to the input pixels. (At 16×16
+``mask_logits`` uses). This measures both on the zoo's ViT-SAM at 256² input
+(``zoo-vit-sam-32``: 32×32 image tokens, masks from a 128×128 grid), one image, forward +
+backward to the input pixels. (At 16×16
 tokens the tensors are 4× smaller and batching gains nothing measurable.)
 
 Logits and input gradients must agree. Plain test runs (``--benchmark-disable``, the
@@ -27,23 +27,21 @@ import numpy as np
 import torch
 
 from uadbench.attacks.attack_sam import random_point_prompts
-from uadbench.zoo.models import ZooViTSam
+from uadbench.zoo.models import ZooViTSam32
 
 SPEED_GOAL = 1.3
 K = 400
 
 
-class ViTSam32(ZooViTSam):
-    """The zoo's ViT-SAM with 32×32 image tokens (256² input)."""
-
-    arch = dataclasses.replace(ZooViTSam.arch, img_size=256)
-
-
-def victim(prompt_batch: int) -> ViTSam32:
-    v = ViTSam32(ViTSam32.Config(prompt_batch=prompt_batch))
-    torch.manual_seed(0)
-    v._model = v.new_model().eval()
-    return v
+def victims(prompt_batches: tuple[int, ...]) -> list[ZooViTSam32]:
+    """One zoo-vit-sam-32 victim per prompt_batch, all around one loaded model."""
+    first = ZooViTSam32(ZooViTSam32.Config(prompt_batch=prompt_batches[0]))
+    out = [first]
+    for b in prompt_batches[1:]:
+        v = ZooViTSam32(dataclasses.replace(first.config, prompt_batch=b))
+        v._model = first.model
+        out.append(v)
+    return out
 
 
 def test_mask_logits_400_prompts_in_batches_vs_one_call(benchmark):
@@ -56,15 +54,15 @@ def test_mask_logits_400_prompts_in_batches_vs_one_call(benchmark):
         prompts = random_point_prompts(256, 256, k, np.random.default_rng(0))
         torch.manual_seed(0)
         x0 = torch.rand(1, 3, 256, 256)
-        batched, one_call = victim(128), victim(k)
+        batched, one_call = victims((128, k))
 
-        def step(v: ViTSam32) -> tuple[torch.Tensor, torch.Tensor]:
+        def step(v: ZooViTSam32) -> tuple[torch.Tensor, torch.Tensor]:
             x = x0.clone().requires_grad_()
             logits = v.mask_logits(x, [prompts])[0]
             logits.square().mean().backward()
             return logits.detach(), x.grad
 
-        def cpu_time(v: ViTSam32) -> float:
+        def cpu_time(v: ZooViTSam32) -> float:
             best = float("inf")
             for _ in range(2 if full else 1):
                 t = time.process_time()

@@ -185,15 +185,19 @@ class Victim(ABC):
         CPU the backward pass over Attack-SAM-K's 400 prompts takes ~1.4× less time in
         batches of 128 than as one call with 32×32 image tokens
         (``tests/benchmarks/test_bench_mask_logits.py``)."""
-        if len(prompts) <= max(1, int(self.config.prompt_batch)):
+        if len(prompts) <= self._prompt_batch_size:
             return logits_for(prompts)
         return torch.cat(
             [logits_for(prompts.subset(idx)) for idx in self._prompt_batches(len(prompts))]
         )
 
+    @property
+    def _prompt_batch_size(self) -> int:
+        return max(1, int(self.config.prompt_batch))
+
     def _prompt_batches(self, n: int) -> Iterator[np.ndarray]:
         """Indices of ``n`` prompts in consecutive batches of ``config.prompt_batch``."""
-        step = max(1, int(self.config.prompt_batch))
+        step = self._prompt_batch_size
         for start in range(0, n, step):
             yield np.arange(start, min(start + step, n))
 
