@@ -182,7 +182,7 @@ class Victim(ABC):
         """``logits_for(prompts)`` (P, h, w), computed ``config.prompt_batch`` prompts per
         decoder call and concatenated — the same values as one call. For the differentiable
         path: a SAM decoder's per-prompt tensors grow with prompts × image tokens, and on a
-        CPU the backward pass over Attack-SAM-K's 400 prompts takes ~1.4× less time in
+        CPU the backward pass over Attack-SAM-K's 400 prompts takes 1.2–1.4× less time in
         batches of 128 than as one call with 32×32 image tokens
         (``tests/benchmarks/test_bench_mask_logits.py``)."""
         if len(prompts) <= self._prompt_batch_size:
