@@ -50,7 +50,7 @@ ALL_BUNDLED = "samples:names=[" + ",".join(BUNDLED) + "]"
 BASELINES: dict[str, tuple[str, ...]] = {
     # `uadbench run --attack uad --victims all` as it runs offline (attack, victims,
     # surrogate, prompts, seed 0), on all 15 bundled photographs (see ALL_BUNDLED).
-    # ~50 s on 2 idle cores; the CI test reruns it with another seed.
+    # ~3.5 min on 2 idle cores; the CI test reruns it with another seed.
     "embedded-default": (
         "--attack", "uad",
         "--victims", OFFLINE_VICTIMS,

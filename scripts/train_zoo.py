@@ -1,8 +1,9 @@
 """Retrain the whole tiny zoo with the shipped recipes, teachers before their students.
 
-Each model is one ``uadbench zoo train NAME`` (a subprocess, one torch thread each);
-models whose teacher is done run side by side, ``--jobs`` at a time (default 2: the
-students of zoo-vit-sam train in parallel on a 2-core machine). A student is distilled
+Each model is one ``uadbench zoo train NAME`` (a subprocess with its recipe's torch
+threads: two for the teacher, one for each student); models whose teacher is done run
+side by side, ``--jobs`` at a time (default 2: the students of zoo-vit-sam train in
+parallel on a 2-core machine). A student is distilled
 from the teacher just written to ``--out``, not from the shipped file. Every run saves
 its training state, so rerunning with ``--resume`` after an interruption continues where
 each model stopped (finished models are skipped).
@@ -12,10 +13,6 @@ Usage::
     python scripts/train_zoo.py                      # into uadbench/zoo (replaces the shipped zoo)
     python scripts/train_zoo.py --out /tmp/zoo --only zoo-hf-sam --resume
     python scripts/train_zoo.py -- --group-loss 0    # extra flags for every `zoo train`
-    python scripts/train_zoo.py --candidates --out zoo-candidates --resume   # 32×32 candidates
-
-``--candidates`` trains the candidate architectures (``uadbench.zoo.models.CANDIDATES``,
-not victims until they replace the zoo) instead of the shipped zoo.
 
 After replacing the shipped weights, regenerate the baselines (``make baselines``): the
 test suite compares the weights digest the baselines were made with.
@@ -31,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from uadbench.zoo import ZOO_NAMES
-from uadbench.zoo.models import CANDIDATES, ZOO_DIR
+from uadbench.zoo.models import ZOO_DIR
 from uadbench.zoo.train import RECIPES
 
 
@@ -53,26 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="directory for weights and cards (default: uadbench/zoo)",
     )
-    ap.add_argument(
-        "--candidates",
-        action="store_true",
-        help=f"train the candidate architectures ({', '.join(CANDIDATES)}) instead of the zoo",
-    )
-    ap.add_argument(
-        "--only", action="append", choices=[*ZOO_NAMES, *CANDIDATES], help="train only these"
-    )
+    ap.add_argument("--only", action="append", choices=ZOO_NAMES, help="train only these")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (default 2)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted trainings")
     ap.add_argument("extra", nargs="*", help="flags passed to every `uadbench zoo train`")
     args = ap.parse_args(argv)
-    names = tuple(CANDIDATES) if args.candidates else ZOO_NAMES
-    if args.only and not set(args.only) <= set(names):
-        ap.error(
-            f"--only takes {', '.join(names)}{'' if args.candidates else ' (or --candidates)'}"
-        )
-    if args.candidates and args.out is None:
-        ap.error("--candidates needs --out (candidates are not shipped into uadbench/zoo)")
-    todo = list(args.only or names)
+    todo = list(args.only or ZOO_NAMES)
     out: Path = args.out or ZOO_DIR
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:  # a model with weights and no leftover state finished earlier

@@ -6,7 +6,7 @@ per-prompt tensors scale with prompts × image tokens (each prompt gets its own 
 the image embedding, upscaled 4×), and on a CPU the backward pass over one batch of 400
 is slower than over four batches of ≤ 128 (``config.prompt_batch``, what
 ``mask_logits`` uses). This measures both on the zoo's ViT-SAM at 256² input
-(``zoo-vit-sam-32``: 32×32 image tokens, masks from a 128×128 grid), one image, forward +
+(``zoo-vit-sam``: 32×32 image tokens, masks from a 128×128 grid), one image, forward +
 backward to the input pixels. (At 16×16
 tokens the tensors are 4× smaller and batching gains nothing measurable.)
 
@@ -27,18 +27,18 @@ import numpy as np
 import torch
 
 from uadbench.attacks.attack_sam import random_point_prompts
-from uadbench.zoo.models import ZooViTSam32
+from uadbench.zoo.models import ZooViTSam
 
 SPEED_GOAL = 1.1  # measured 1.18-1.43x over eight runs (one thread, 2-core machine)
 K = 400
 
 
-def victims(prompt_batches: tuple[int, ...]) -> list[ZooViTSam32]:
-    """One zoo-vit-sam-32 victim per prompt_batch, all around one loaded model."""
-    first = ZooViTSam32(ZooViTSam32.Config(prompt_batch=prompt_batches[0]))
+def victims(prompt_batches: tuple[int, ...]) -> list[ZooViTSam]:
+    """One zoo-vit-sam victim per prompt_batch, all around one loaded model."""
+    first = ZooViTSam(ZooViTSam.Config(prompt_batch=prompt_batches[0]))
     out = [first]
     for b in prompt_batches[1:]:
-        v = ZooViTSam32(dataclasses.replace(first.config, prompt_batch=b))
+        v = ZooViTSam(dataclasses.replace(first.config, prompt_batch=b))
         v._model = first.model
         out.append(v)
     return out
@@ -56,13 +56,13 @@ def test_mask_logits_400_prompts_in_batches_vs_one_call(benchmark):
         x0 = torch.rand(1, 3, 256, 256)
         batched, one_call = victims((128, k))
 
-        def step(v: ZooViTSam32) -> tuple[torch.Tensor, torch.Tensor]:
+        def step(v: ZooViTSam) -> tuple[torch.Tensor, torch.Tensor]:
             x = x0.clone().requires_grad_()
             logits = v.mask_logits(x, [prompts])[0]
             logits.square().mean().backward()
             return logits.detach(), x.grad
 
-        def cpu_time(v: ZooViTSam32) -> float:
+        def cpu_time(v: ZooViTSam) -> float:
             best = float("inf")
             for _ in range(2 if full else 1):
                 t = time.process_time()

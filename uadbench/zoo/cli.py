@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 ZOO_EPILOG = """examples:
-  uadbench zoo train zoo-vit-sam --out zoo-models          # ~1 h on one CPU core
+  uadbench zoo train zoo-vit-sam --out zoo-models          # ~2.5 h on two CPU cores
   uadbench zoo train zoo-vit-sam --seed 1 --steps 300 --out /tmp/zoo
   uadbench zoo eval zoo-vit-sam                            # the shipped weights, 200 held-out scenes
   uadbench zoo eval zoo-vit-sam --checkpoint zoo-models/zoo-vit-sam.safetensors --n 100"""
@@ -14,7 +14,7 @@ ZOO_EPILOG = """examples:
 
 def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``zoo train`` and ``zoo eval`` to the ``uadbench`` command."""
-    from .models import CANDIDATES, ZOO
+    from .models import ZOO
 
     p = subparsers.add_parser(
         "zoo",
@@ -23,7 +23,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
-    names = f"{', '.join(ZOO)}; candidates in training: {', '.join(CANDIDATES)}"
+    names = ", ".join(ZOO)
 
     t = sub.add_parser(
         "train",

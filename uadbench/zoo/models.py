@@ -10,15 +10,18 @@ the point, :func:`prompt_maps`) fed through the mask-prompt convolutions into th
 decoder — it lets such small models learn where the prompt is within a CPU budget.
 
 - ``zoo-vit-sam``: the ``segment_anything`` architecture at toy size — ViT encoder with a
-  convolutional stem (stride 8 at 128², windowed + global attention), SAM prompt encoder
-  and two-way-transformer mask decoder. The default surrogate.
+  convolutional stem (stride 8 at 256²: 32×32 tokens, windowed + global attention), SAM
+  prompt encoder and two-way-transformer mask decoder. The default surrogate.
 - ``zoo-hq-sam``: a narrower, deeper ViT with HQ-SAM's ``MaskDecoderHQ`` (an extra HQ
   output token fusing an early ViT block with the decoder features).
 - ``zoo-tinyvit-sam``: MobileSAM-style hierarchical TinyViT encoder (conv stem, MBConv
-  stage, windowed attention stages; ``segment_anything_hq``'s implementation) at 256²
+  stage, windowed attention stage; ``segment_anything_hq``'s implementation) at 256²
   with the SAM decoder.
 - ``zoo-hf-sam``: a Hugging Face ``transformers`` ``SamModel`` from a small
-  ``SamConfig`` (plain patch-16 ViT at 256²).
+  ``SamConfig`` (plain patch-8 ViT at 256²).
+
+All four see 256² inputs as a 32×32 token grid, so masks come from a 128×128 grid (the
+first zoo's 16×16 grid lost most of its mIoU at object outlines).
 
 The numbers these models produce describe these toys, not SAM. See ``<name>.md``.
 """
@@ -208,17 +211,10 @@ class ZooVictim(SamFamilyVictim):
         status = self.weights_status(self.config)
         hint = f"rebuild it with `uadbench zoo train {self.name} --out {ZOO_DIR}`"
         if not status.found:
-            if self.name in ZOO:
-                how = (
-                    f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 1.5 h on one "
-                    "CPU core, the others 10-20 min each, distilled from it)."
-                )
-            else:
-                how = (
-                    f"{self.name} is a candidate architecture without weights here: train it with "
-                    f"`uadbench zoo train {self.name} --out DIR` and pass checkpoint=DIR/"
-                    f"{self.name}.safetensors (`zoo eval --checkpoint`)."
-                )
+            how = (
+                f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 2.5 h on two CPU "
+                "cores, the others distilled from it in 50-80 min each on one)."
+            )
             raise MissingCheckpointError(self.name, [status.detail] if status.detail else [], how)
         model = self.new_model()
         try:
@@ -261,7 +257,7 @@ VIT_ARCH = SamArch(
     depth=6,
     num_heads=4,
     global_attn=(2, 5),
-    img_size=128,
+    img_size=256,
     patch_size=8,
     window_size=8,
     prompt_dim=64,
@@ -272,7 +268,7 @@ VIT_ARCH = SamArch(
 
 
 class ZooViTSam(ZooVictim):
-    """Toy SAM: ViT (conv stem of stride 8 at 128² → 16×16 tokens, 6 blocks of width 128,
+    """Toy SAM: ViT (conv stem of stride 8 at 256² → 32×32 tokens, 6 blocks of width 128,
     global attention in blocks 2 and 5) + SAM prompt encoder and decoder (width 64) with
     dense prompt maps. Trained by the project on synthetic scenes. The default surrogate."""
 
@@ -292,7 +288,7 @@ HQ_ARCH = dataclasses.replace(
 
 
 class ZooHQSam(ZooVictim):
-    """Toy HQ-SAM: ViT (conv stem of stride 8 at 128², 8 blocks of width 96) + ``MaskDecoderHQ`` (HQ
+    """Toy HQ-SAM: ViT (conv stem of stride 8 at 256², 8 blocks of width 96) + ``MaskDecoderHQ`` (HQ
     output token; HQ features fuse the first global-attention block with the decoder's
     upscaled embedding); output = SAM mask + HQ mask logits (``hq_token_only=False``)."""
 
@@ -364,14 +360,14 @@ class ZooHQSam(ZooVictim):
 # ---------------------------------------------------------------------------- zoo-tinyvit-sam
 @dataclasses.dataclass(frozen=True)
 class TinyViTArch:
-    """A three-stage TinyViT (stride 4 stem, MBConv stage, two attention stages; overall
-    stride 16) with a SAM neck and decoder."""
+    """A TinyViT (stride 4 stem, MBConv stage, attention stages; overall stride 4 doubled
+    per stage after the first: 8 for the default two stages) with a SAM neck and decoder."""
 
     img_size: int = 256
-    embed_dims: tuple[int, ...] = (32, 64, 128)
-    depths: tuple[int, ...] = (1, 2, 2)
-    num_heads: tuple[int, ...] = (1, 2, 4)
-    window_sizes: tuple[int, ...] = (8, 8, 8)
+    embed_dims: tuple[int, ...] = (32, 128)
+    depths: tuple[int, ...] = (1, 4)
+    num_heads: tuple[int, ...] = (1, 4)
+    window_sizes: tuple[int, ...] = (8, 8)
     prompt_dim: int = 64
     decoder_mlp_dim: int = 256
     decoder_heads: int = 4
@@ -462,8 +458,9 @@ class TinyViTEncoder(nn.Module):
 
 
 class ZooTinyViTSam(ZooVictim):
-    """Toy MobileSAM: TinyViT encoder (stages of width 32/64/128, depths 1/2/2, input
-    256², stride 16) + SAM prompt encoder and decoder (width 64)."""
+    """Toy MobileSAM: TinyViT encoder (an MBConv stage of width 32, then 4 windowed-attention
+    blocks of width 128; input 256², stride 8 → 32×32 tokens) + SAM prompt encoder and
+    decoder (width 64)."""
 
     name = "zoo-tinyvit-sam"
     tiny_arch = TinyViTArch()
@@ -526,7 +523,7 @@ class HFSamArch:
     """A small ``transformers.SamConfig``."""
 
     img_size: int = 256
-    patch_size: int = 16
+    patch_size: int = 8
     hidden_size: int = 112
     depth: int = 6
     num_heads: int = 4
@@ -601,7 +598,7 @@ class HFSamContainer(nn.Module):
 
 class ZooHFSam(ZooVictim):
     """Toy SAM in Hugging Face ``transformers`` (``SamModel`` from a small ``SamConfig``:
-    ViT of 6 blocks, width 112, patch 16 at 256²; decoder width 64)."""
+    ViT of 6 blocks, width 112, patch 8 at 256² → 32×32 tokens; decoder width 64)."""
 
     name = "zoo-hf-sam"
     hf_arch = HFSamArch()
@@ -697,50 +694,4 @@ class ZooHFSam(ZooVictim):
 #: zoo name → victim class (the registry in ``uadbench.victims`` points at these).
 ZOO: dict[str, type[ZooVictim]] = {
     c.name: c for c in (ZooViTSam, ZooHQSam, ZooTinyViTSam, ZooHFSam)
-}
-
-
-# ---------------------------------------------------------------------------- candidates
-class ZooViTSam32(ZooViTSam):
-    """Candidate successor of zoo-vit-sam: the same ViT and decoder at 256² input (conv
-    stem of stride 8 → 32×32 tokens instead of 16×16), so masks come from a 128×128 grid
-    and the 16×16 token grid's ceiling (box mIoU ~83 for a perfect model) goes away."""
-
-    name = "zoo-vit-sam-32"
-    arch = dataclasses.replace(VIT_ARCH, img_size=256)
-
-
-class ZooHQSam32(ZooHQSam):
-    """Candidate successor of zoo-hq-sam: its ViT and HQ decoder at 256² input (32×32
-    tokens), distilled from zoo-vit-sam-32."""
-
-    name = "zoo-hq-sam-32"
-    arch = dataclasses.replace(HQ_ARCH, img_size=256)
-
-
-class ZooTinyViTSam32(ZooTinyViTSam):
-    """Candidate successor of zoo-tinyvit-sam: a two-stage TinyViT (MBConv stage of width
-    32, then 4 windowed-attention blocks of width 128; stride 8 → 32×32 tokens at 256²)
-    with the SAM decoder, distilled from zoo-vit-sam-32."""
-
-    name = "zoo-tinyvit-sam-32"
-    tiny_arch = TinyViTArch(
-        embed_dims=(32, 128), depths=(1, 4), num_heads=(1, 4), window_sizes=(8, 8)
-    )
-
-
-class ZooHFSam32(ZooHFSam):
-    """Candidate successor of zoo-hf-sam: the same ``transformers`` ``SamConfig`` with
-    patch 8 at 256² (32×32 tokens), distilled from zoo-vit-sam-32."""
-
-    name = "zoo-hf-sam-32"
-    hf_arch = HFSamArch(patch_size=8)
-
-
-#: architectures being trained towards the zoo's quality bar: ``uadbench zoo train`` and
-#: ``zoo eval`` take them (weights from ``checkpoint=`` or, once trained, beside the zoo's),
-#: but they are not victims (``--victims all`` and the baselines do not change) until they
-#: replace a model of :data:`ZOO`.
-CANDIDATES: dict[str, type[ZooVictim]] = {
-    c.name: c for c in (ZooViTSam32, ZooHQSam32, ZooTinyViTSam32, ZooHFSam32)
 }

@@ -6,10 +6,11 @@ Recipe (same for every zoo model; per-model step counts in :data:`RECIPES`):
   loaded once into memory (masks as one label map per image: synthetic masks are
   disjoint); the held-out evaluation uses split ``test`` (an independent stream).
 - each step: ``batch_images`` images, each encoded once, ``prompts_per_image`` prompts
-  decoded against it in one call — half single positive points drawn uniformly from a
-  mask (the evaluation protocol), half boxes: the mask's box scaled by U[0.9, 1.1] per
-  side (the protocol) or, for a third of them, by U[0.8, 1.2] and shifted by up to 5%
-  (robustness). Random horizontal flips.
+  decoded against it in one call (forward and backward run over :data:`MICRO_BATCH`
+  images at a time, gradients accumulated: the step's gradient, faster) — half single
+  positive points drawn uniformly from a mask (the evaluation protocol), half boxes: the
+  mask's box scaled by U[0.9, 1.1] per side (the protocol) or, for a third of them, by
+  U[0.8, 1.2] and shifted by up to 5% (robustness). Random horizontal flips.
 - loss: binary cross-entropy + dice between the low-resolution mask logits (the
   decoder's 4× upscaled grid) and the ground-truth mask area-downsampled to that grid;
   optionally (``group_weight``, ``--group-loss``) an instance-grouping loss on the image
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 from ..eval.metrics import iou as iou_pct
 from ..eval.prompts import BOX, POINT, PromptSet, sample_prompts
-from .models import CANDIDATES, ZOO, ZooVictim
+from .models import ZOO, ZooVictim
 
 log = logging.getLogger(__name__)
 
@@ -76,41 +77,28 @@ class TrainConfig:
 #: distilled from it (MobileSAM-style), which carries its image features over in a few
 #: hundred steps. Every recipe adds the auxiliary grouping loss (``group_weight``): without
 #: it every model here sits for ~2000 steps on a prompt-only solution (filled box, blob
-#: around the point) before it starts to use the image (zoo-vit-sam held-out points / boxes
-#: 31 / 61 at step 750, 35 / 62 at 2000, 45 / 66 at 4000; distilled zoo-hf-sam stayed
-#: image-blind); with it zoo-vit-sam reaches 50.4 / 66.7 after 1000 steps (weight 3: the
-#: same) and 57.3 / 69.5 after 4000, and all four models use the image (cards). zoo-vit-sam
-#: takes 12 images × 12 prompts per step instead of 6 × 24 (the same prompts per step, more
-#: scenes): 62.4 / 73.3 after 4000 steps against 57.3 / 69.5, for 1.6× the wall time.
+#: around the point) before it starts to use the image; with it all four use the image
+#: (cards). zoo-vit-sam takes 12 images × 12 prompts per step instead of 6 × 24 (the same
+#: prompts per step, more scenes): with the first zoo's 16×16 tokens, 62.4 / 73.3 held-out
+#: points / boxes after 4000 steps against 57.3 / 69.5. The 32×32-token teacher costs
+#: ~3.7 s per step on 2 threads (:data:`MICRO_BATCH`; the 16×16 teacher: ~2 s on one).
 RECIPES: dict[str, TrainConfig] = {
-    "zoo-vit-sam": TrainConfig(steps=4000, batch_images=12, prompts_per_image=12, group_weight=1.0),
+    "zoo-vit-sam": TrainConfig(
+        steps=2000, batch_images=12, prompts_per_image=12, group_weight=1.0, threads=2
+    ),
     "zoo-hq-sam": TrainConfig(steps=600, teacher="zoo-vit-sam", group_weight=1.0),
     "zoo-tinyvit-sam": TrainConfig(steps=600, teacher="zoo-vit-sam", group_weight=1.0),
     "zoo-hf-sam": TrainConfig(steps=800, teacher="zoo-vit-sam", group_weight=1.0),
-    # candidate (not a victim, see models.CANDIDATES): 32×32 tokens, ~4.2 s/step on 2 threads
-    "zoo-vit-sam-32": TrainConfig(
-        steps=2000, batch_images=12, prompts_per_image=12, group_weight=1.0, threads=2
-    ),
 }
-#: the candidate students: their zoo counterpart's recipe, distilled from zoo-vit-sam-32
-RECIPES.update(
-    {
-        f"{n}-32": dataclasses.replace(RECIPES[n], teacher="zoo-vit-sam-32")
-        for n in ("zoo-hq-sam", "zoo-tinyvit-sam", "zoo-hf-sam")
-    }
-)
 
 
 def zoo_class(name: str) -> type[ZooVictim]:
     """The victim class of zoo model ``name`` (a ConfigError listing the zoo otherwise)."""
-    cls = ZOO.get(name) or CANDIDATES.get(name)
+    cls = ZOO.get(name)
     if cls is None:
-        close = difflib.get_close_matches(name, [*ZOO, *CANDIDATES], n=2, cutoff=0.6)
+        close = difflib.get_close_matches(name, list(ZOO), n=2, cutoff=0.6)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(
-            f"unknown zoo model {name!r}.{hint} The zoo has: {', '.join(ZOO)} "
-            f"(candidates in training: {', '.join(CANDIDATES)})"
-        )
+        raise ConfigError(f"unknown zoo model {name!r}.{hint} The zoo has: {', '.join(ZOO)}")
     return cls
 
 
@@ -262,6 +250,40 @@ def grouping_loss(
 
 
 # ---------------------------------------------------------------------------- training
+#: images per forward/backward pass within a training step; the step's gradient is
+#: accumulated over its ``batch_images`` images (the same gradient up to rounding). On a
+#: CPU smaller passes are faster: one step of the 32×32-token teacher, 12 images × 12
+#: prompts on 2 threads, 5.4 s in one pass, 3.7 s in passes of 3, 3.9 s of 1.
+MICRO_BATCH = 3
+
+
+def step_loss(
+    victim: ZooVictim,
+    x: torch.Tensor,
+    prompt_sets: list[PromptSet],
+    labels: list[torch.Tensor],
+    targets: list[np.ndarray],
+    cfg: TrainConfig,
+    teacher: ZooVictim | None = None,
+) -> torch.Tensor:
+    """The training loss of images ``x`` (B, 3, H, W) in [0, 1] with their prompts, label
+    maps and each prompt's mask index: segmentation loss averaged over images, plus the
+    distillation MSE to ``teacher``'s embeddings and the weighted grouping loss (both
+    means over the images too)."""
+    emb, logits = victim.forward_train(x, prompt_sets)
+    loss = torch.zeros(())
+    for lg, lab_t, tgt in zip(logits, labels, targets):
+        loss = loss + seg_loss(lg.float(), _targets(lab_t, tgt, tuple(lg.shape[-2:])))
+    loss = loss / len(logits)
+    if teacher is not None:
+        with torch.no_grad():
+            t_emb = teacher.forward_train(x, [])[0]
+        loss = loss + cfg.distill_weight * F.mse_loss(emb.float(), t_emb.float())
+    if cfg.group_weight > 0:
+        loss = loss + cfg.group_weight * grouping_loss(emb, torch.stack(labels))
+    return loss
+
+
 @dataclasses.dataclass
 class TrainResult:
     name: str
@@ -425,24 +447,21 @@ def _fit(
             prompt_sets.append(ps)
             targets.append(tgt)
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
-        emb, logits = victim.forward_train(x, prompt_sets)
-        loss = torch.zeros(())
-        for lg, lab_t, tgt in zip(logits, labs, targets):
-            loss = loss + seg_loss(lg.float(), _targets(lab_t, tgt, tuple(lg.shape[-2:])))
-        loss = loss / len(logits)
-        if teacher is not None:
-            with torch.no_grad():
-                t_emb = teacher.forward_train(x, [])[0]
-            loss = loss + cfg.distill_weight * F.mse_loss(emb.float(), t_emb.float())
-        if cfg.group_weight > 0:
-            loss = loss + cfg.group_weight * grouping_loss(emb, torch.stack(labs))
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for s in range(0, len(imgs), MICRO_BATCH):
+            part = slice(s, s + MICRO_BATCH)
+            share = len(imgs[part]) / len(imgs)  # every term is a mean over images
+            micro = share * step_loss(
+                victim, x[part], prompt_sets[part], labs[part], targets[part], cfg, teacher
+            )
+            micro.backward()
+            loss += micro.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        run_loss = loss.item() if run_loss is None else 0.95 * run_loss + 0.05 * loss.item()
+        run_loss = loss if run_loss is None else 0.95 * run_loss + 0.05 * loss
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             el = time.perf_counter() - t0
             say(f"step {step + 1}/{cfg.steps} loss {run_loss:.4f} lr {lr_at(step):.2e} {el:.0f}s")
@@ -677,7 +696,7 @@ def write_card(result: TrainResult) -> Path:
 {_teacher_line(cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
   (half single positive points, half jittered boxes); BCE + dice on the low-res logits{_group_text(cfg)};
   AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine
-- wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU threads
+- wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU thread{"s" if cfg.threads != 1 else ""}
   ({platform.processor() or platform.machine()}, torch {torch.__version__}, Python {sys.version.split()[0]})
 
 ## Quality
@@ -747,7 +766,8 @@ def _limitations(ev: dict[str, Any] | None) -> str:
     return (
         "\n## Limitations\n\nBelow the project's quality bar (points >= 70, boxes >= 80). "
         + (_BLIND if image_blind(ev) else _SEEING)
-        + "Training longer and on more images per step helps (zoo-vit-sam, held-out points / "
-        "boxes: 50 / 67 after 1000 steps and 57 / 70 after 4000 with 6 images × 24 prompts "
-        "per step; 62 / 73 after 4000 with 12 × 12).\n"
+        + "Training longer, on more images per step and with finer tokens helps (held-out "
+        "points / boxes of zoo-vit-sam with the first zoo's 16×16 tokens: 50 / 67 after 1000 "
+        "steps and 57 / 70 after 4000 with 6 images × 24 prompts per step, 62 / 73 after 4000 "
+        "with 12 × 12; with 32×32 tokens 67 / 76 after 2000 with 12 × 12).\n"
     )
