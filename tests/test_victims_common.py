@@ -368,7 +368,7 @@ def assert_mask_logits_in_prompt_batches(victim: Any) -> None:
     out = {}
     for batch in (3, 64):
         victim = type(victim)(dataclasses.replace(victim.config, prompt_batch=batch))
-        victim._model = model
+        victim.use_model(model)
         decoder = model.mask_decoder if hasattr(model, "mask_decoder") else model.sam.mask_decoder
         sizes: list[int] = []
         hook = decoder.register_forward_pre_hook(

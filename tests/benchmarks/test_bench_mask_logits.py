@@ -19,7 +19,6 @@ Run: ``UADBENCH_BENCH=1 pytest tests/benchmarks/test_bench_mask_logits.py -s --b
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -35,13 +34,8 @@ K = 400
 
 def victims(prompt_batches: tuple[int, ...]) -> list[ZooViTSam]:
     """One zoo-vit-sam victim per prompt_batch, all around one loaded model."""
-    first = ZooViTSam(ZooViTSam.Config(prompt_batch=prompt_batches[0]))
-    out = [first]
-    for b in prompt_batches[1:]:
-        v = ZooViTSam(dataclasses.replace(first.config, prompt_batch=b))
-        v._model = first.model
-        out.append(v)
-    return out
+    model = ZooViTSam().model
+    return [ZooViTSam(ZooViTSam.Config(prompt_batch=b)).use_model(model) for b in prompt_batches]
 
 
 def test_mask_logits_400_prompts_in_batches_vs_one_call(benchmark):

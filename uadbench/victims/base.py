@@ -116,6 +116,14 @@ class Victim(ABC):
             self._model = m.to(device=self.device, dtype=self.dtype)
         return self._model
 
+    def use_model(self, model: torch.nn.Module) -> Victim:
+        """Run ``model`` (already built, on this victim's device and dtype, used as it is:
+        not put in eval mode or frozen) instead of building one; returns ``self``. For the
+        zoo trainer, which trains through the victim's own differentiable path, and for
+        victims that differ only in settings such as ``prompt_batch`` sharing one load."""
+        self._model = model
+        return self
+
     @abstractmethod
     def build(self) -> torch.nn.Module:
         """Construct the model and load its weights (raise MissingCheckpointError)."""

@@ -399,8 +399,7 @@ def _fit(
         say(
             f"initialised {n} decoder/prompt-encoder tensors from {teacher.name}; distilling its embeddings"
         )
-    victim = cls(cls.Config())
-    victim._model = model  # train through the victim's own differentiable path
+    victim = cls(cls.Config()).use_model(model)  # train through its differentiable path
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
