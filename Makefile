@@ -32,9 +32,10 @@ zoo: $(BIN)/.installed
 	$(BIN)/python scripts/train_zoo.py $(ZOO_FLAGS)
 
 # Regenerate the committed CI baselines in results/baselines/ (after retraining the zoo or a
-# deliberate change of defaults); `make baselines ONLY=embedded-default` for one of them.
+# deliberate change of defaults); `make baselines ONLY=embedded-default` for one of them;
+# BASELINE_FLAGS=--resume continues an interrupted build, --compact readies one to commit.
 baselines: $(BIN)/.installed
-	$(BIN)/python scripts/make_baselines.py $(foreach n,$(ONLY),--only $(n))
+	$(BIN)/python scripts/make_baselines.py $(foreach n,$(ONLY),--only $(n)) $(BASELINE_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -14,6 +14,14 @@ Usage::
     python scripts/make_baselines.py                           # every baseline
     python scripts/make_baselines.py --only embedded-default   # one of them (repeatable)
     python scripts/make_baselines.py --limit 2 --out-root /tmp/bl   # quick dry run
+    python scripts/make_baselines.py --only zoo-synthetic --resume  # continue a build
+    python scripts/make_baselines.py --only zoo-synthetic --compact # to commit it unfinished
+
+A build runs attack by attack (each with its evaluations), so an interrupted build keeps
+whole attacks; ``--compact`` reduces it to manifest and rows (a few hundred KB: the
+adversarial images are dropped), which can be committed with ``git add -f`` and resumed
+with ``--resume`` in a later sitting on any machine — attacks whose evaluations are all
+recorded are not rerun.
 
 Regenerate after retraining the zoo or a deliberate change of an attack's, victim's or
 dataset's defaults (``tests/test_baselines.py`` says when the config hashes moved).
@@ -152,10 +160,50 @@ def verify(run_dir: Path) -> None:
         raise SystemExit(f"{run_dir}: `uadbench check` of the baseline against itself failed")
 
 
+#: a build in progress keeps its wall time here across interrupted sittings
+SECONDS_FILE = ".wall-seconds"
+
+
+def attack_parts(args: list[str]) -> list[list[str]]:
+    """The ``uadbench run`` argument lists that build a baseline: one per attack (each
+    finishes its attack *and* its evaluations, so an interrupted build keeps whole
+    attacks' rows), then the whole table's arguments (which then finds nothing left and
+    leaves the manifest exactly as one invocation would). One part when an attack carries
+    settings of its own (its label is not its name)."""
+    from uadbench import api
+    from uadbench.cli import build_parser
+
+    a = build_parser().parse_args(["run", *args])
+    spec = api.plan(a.attack, a.victims, a.dataset, a.surrogate, a.seed, a.limit, a.eps)
+    names = [atk.name for atk in spec.attacks]
+    if len(names) < 2 or any(atk.label != atk.name for atk in spec.attacks):
+        return [list(args)]
+    return [with_option(args, "--attack", n) for n in names] + [list(args)]
+
+
+def compact_build(build: Path) -> None:
+    """Drop what a build in progress can redo or does not need — adversarial images, lock,
+    temp files — and keep its manifest, finished row shards and wall time, so that it can
+    be committed and resumed on another machine: attacks whose evaluations are all
+    recorded are not rerun (``uadbench.engine.jobs.plan_jobs``)."""
+    shutil.rmtree(build / "adv", ignore_errors=True)
+    for p in list(build.rglob("*")):
+        if p.is_file() and (p.name.endswith(".tmp") or p.name.endswith(".lock")):
+            p.unlink()
+
+
 def make_baseline(
-    name: str, out_root: Path, limit: int | None = None, progress: bool = True
+    name: str,
+    out_root: Path,
+    limit: int | None = None,
+    progress: bool = True,
+    resume: bool = False,
 ) -> Path:
-    """Run baseline ``name`` into ``out_root/<name>`` (replacing it), strip it, verify it."""
+    """Run baseline ``name`` into ``out_root/<name>`` (replacing it), strip it, verify it.
+
+    The run is built in ``out_root/.building-<name>``, attack by attack; with ``resume``
+    an existing build (e.g. one compacted and committed by an earlier sitting) continues
+    where it stopped, otherwise it starts clean."""
     from uadbench.cli import main
 
     args = list(BASELINES[name])
@@ -164,18 +212,27 @@ def make_baseline(
     out_root.mkdir(parents=True, exist_ok=True)
     final = out_root / name
     build = out_root / f".building-{name}"
-    if build.exists():  # a previous attempt died: start clean, never resume into a baseline
+    seconds_file = build / SECONDS_FILE
+    if build.exists() and not resume:  # a previous attempt died: start clean
         shutil.rmtree(build)
-    cmd = ["run", *args, "--out", str(build)] + ([] if progress else ["--no-progress"])
-    print(f"== {name}: uadbench {' '.join(cmd)}", flush=True)
+    before = float(seconds_file.read_text()) if seconds_file.is_file() else 0.0
+    if before:
+        print(f"== {name}: resuming {build} ({before / 60:.1f} min spent before)", flush=True)
     t0 = time.perf_counter()
-    rc = main(cmd)
-    seconds = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(
-            f"{name}: `uadbench run` exited {rc}; the partial run is kept in {build} "
-            "(see failures.jsonl); nothing was replaced"
-        )
+    for part in attack_parts(args):
+        cmd = ["run", *part, "--out", str(build)] + ([] if progress else ["--no-progress"])
+        print(f"== {name}: uadbench {' '.join(cmd)}", flush=True)
+        try:
+            rc = main(cmd)
+        finally:
+            seconds = before + time.perf_counter() - t0
+            if build.is_dir():
+                seconds_file.write_text(f"{seconds:.1f}\n")
+        if rc != 0:
+            raise SystemExit(
+                f"{name}: `uadbench run` exited {rc}; the partial run is kept in {build} "
+                "(see failures.jsonl); nothing was replaced; rerun with --resume to continue"
+            )
     strip_run(build)
     record_provenance(build, name, args, seconds)
     verify(build)
@@ -223,14 +280,38 @@ def main(argv: list[str] | None = None) -> int:
         help="first N samples only: a quick dry run (needs --out-root elsewhere)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the builds in OUT_ROOT/.building-NAME instead of starting them over",
+    )
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="only compact the builds in progress (drop adversarial images, lock and temp "
+        "files; keep manifest and finished rows) so they can be committed, then resumed",
+    )
     args = parser.parse_args(argv)
+    if args.compact:
+        for name in args.only or list(BASELINES):
+            build = args.out_root / f".building-{name}"
+            if build.is_dir():
+                compact_build(build)
+                print(f"compacted {build} ({dir_size(build) / 1024:.0f} KiB)", flush=True)
+        return 0
     if args.limit is not None and args.out_root.resolve() == DEFAULT_ROOT.resolve():
         parser.error(
             "--limit makes a truncated baseline: give --out-root outside results/baselines"
         )
     total = time.perf_counter()
     for name in args.only or list(BASELINES):
-        make_baseline(name, args.out_root, limit=args.limit, progress=not args.no_progress)
+        make_baseline(
+            name,
+            args.out_root,
+            limit=args.limit,
+            progress=not args.no_progress,
+            resume=args.resume,
+        )
     print(f"all done in {time.perf_counter() - total:.1f} s", flush=True)
     return 0
 

@@ -216,7 +216,7 @@ def rerun(tmp_path_factory) -> Path:
     return out
 
 
-def _check_csv(run: Path, capsys) -> tuple[int, pd.DataFrame]:
+def _check_csv(run: Path, capsys, *extra: str) -> tuple[int, pd.DataFrame]:
     capsys.readouterr()
     rc = main(
         [
@@ -227,6 +227,7 @@ def _check_csv(run: Path, capsys) -> tuple[int, pd.DataFrame]:
             "--format",
             "csv",
             "--strict",
+            *extra,
         ]
     )
     return rc, pd.read_csv(io.StringIO(capsys.readouterr().out))
@@ -268,7 +269,11 @@ def test_attack_that_stopped_working_on_one_victim_fails_the_gate(rerun, tmp_pat
     atomic_write_json(bad / "manifest.json", man)
     write_shard(bad / "rows" / "all.parquet", rows.to_dict("records"))
 
-    rc = main(["check", str(bad), "--baseline", str(baseline_dir(EMBEDDED))])
+    # Half a point tolerated, as a CI would: once Holm has spent its correction on the
+    # injected regression, a 0.04-point seed effect on seeded-sam-tiny (IoU ~99.7 with
+    # almost no spread) can be significant too (seen on an AMD EPYC host).
+    margin = ("--margin", "0.5")
+    rc = main(["check", str(bad), "--baseline", str(baseline_dir(EMBEDDED)), *margin])
     out = capsys.readouterr().out
     assert rc == 1, out
     assert "FAIL:" in out
@@ -277,9 +282,45 @@ def test_attack_that_stopped_working_on_one_victim_fails_the_gate(rerun, tmp_pat
     assert any("mIoU" in line for line in flagged)
     others = [ln for ln in out.splitlines() if ln.startswith("uad ") and victim not in ln]
     assert others and all(ln.rstrip().endswith("ok") for ln in others), out
-    rc, table = _check_csv(bad, capsys)
+    rc, table = _check_csv(bad, capsys, *margin)
     assert rc == 1
     reg = table[table["verdict"] == "REGRESSION"]
     assert set(reg["victim"]) == {victim}
     assert (reg["delta"][reg["metric"] == "miou"] > 0).all()
     assert math.isfinite(float(reg["p_adj"].max())) and float(reg["p_adj"].max()) < ALPHA
+
+
+# ----------------------------------------------------------------------------- building
+def test_zoo_synthetic_is_built_attack_by_attack():
+    parts = MB.attack_parts(list(MB.BASELINES[ZOO]))
+    from uadbench.attacks import ATTACKS
+
+    assert len(parts) == len(ATTACKS.names()) + 1 and parts[-1] == list(MB.BASELINES[ZOO])
+    assert sorted(MB.option(p, "--attack") for p in parts[:-1]) == sorted(ATTACKS.names())
+    assert all(MB.with_option(p, "--attack", "all") == parts[-1] for p in parts)
+
+
+def test_an_interrupted_build_is_compacted_committed_and_resumed(tmp_path, monkeypatch, capsys):
+    """A build stopped after its first attack, compacted (no images) and resumed: the
+    finished attack is not rerun, the rest is, and the baseline equals the table's run."""
+    args = ("--attack", "feature-pgd,aa", "--victims", "seeded-sam-tiny", "--surrogate")
+    args += ("zoo-vit-sam", "--dataset", "samples:names=[astronaut]", "--seed", "0")
+    monkeypatch.setitem(MB.BASELINES, "tiny", args)
+    build = tmp_path / ".building-tiny"
+    first = MB.attack_parts(list(args))[0]
+    assert main(["run", *first, "--out", str(build), "--no-progress"]) == 0
+    MB.compact_build(build)
+    assert not (build / "adv").exists()
+    done = {p: p.stat().st_mtime_ns for p in build.glob("rows/**/*.parquet")}
+    assert done and all("feature-pgd" in str(p) or "clean" in str(p) for p in done)
+    capsys.readouterr()
+    final = MB.make_baseline("tiny", tmp_path, progress=False, resume=True)
+    # feature-pgd (evaluated before the break): no attack job although its image is gone
+    runs = [ln for ln in capsys.readouterr().out.splitlines() if "attack jobs" in ln]
+    assert [ln.split(";")[0].split("jobs ")[1].split(" run")[0] for ln in runs] == ["0", "1", "0"]
+    man = load_manifest(final)
+    assert man["baseline"]["args"] == list(args)
+    rows = load_rows(final)
+    assert set(rows["attack"]) == {CLEAN, "feature-pgd", "aa"}
+    assert not rows.duplicated(["victim", "attack", "sample_id", "prompt_index"]).any()
+    assert not build.exists()

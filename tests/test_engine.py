@@ -287,3 +287,25 @@ def test_resume_refuses_a_victim_whose_weights_changed(tmp_path):
     os.utime(w, ns=(2, 2))
     res = api.run(victims=victims, **kw)
     assert res.summary.eval_done == 0 and len(load_rows(out)) == rows
+
+
+def test_deleted_images_are_remade_only_for_evaluations_still_to_run(tmp_path):
+    """A run directory whose adversarial images were deleted resumes without attacking
+    again while every victim's rows exist; a new victim needs the image, and the attack
+    remakes it identically."""
+    import shutil
+
+    out = tmp_path / "r"
+    api.run(attacks="feature-pgd:steps=2", victims=TINY, limit=1, out=out, progress=False)
+    png = next(out.glob("adv/**/*.png"))
+    first = png.read_bytes()
+    rows = load_rows(out)
+    shutil.rmtree(out / "adv")
+    res = api.run(attacks="feature-pgd:steps=2", victims=TINY, limit=1, out=out, progress=False)
+    assert res.ok and res.summary.attack_done == 0 and res.summary.eval_done == 0
+    assert not png.exists()
+    again = load_rows(out)
+    assert len(again) == len(rows) and not again.duplicated(KEY).any()
+    res = api.evaluate(out, victims=f"{TINY}:seed=1", progress=False)
+    assert res.summary.attack_done == 1 and png.read_bytes() == first
+    assert set(load_rows(out).victim) == {TINY, f"{TINY}[seed=1]"}

@@ -293,7 +293,7 @@ def test_hf_student_starts_from_the_segment_anything_teacher_decoder():
     teacher = ZOO["zoo-vit-sam"].new_model()
     student = ZOO["zoo-hf-sam"].new_model()
     enc_before = {k: v.clone() for k, v in student.state_dict().items() if "vision_encoder" in k}
-    n = init_from_teacher(ZOO["zoo-hf-sam"], student, teacher)
+    n = len(init_from_teacher(ZOO["zoo-hf-sam"], student, teacher))
     sd = student.state_dict()
     assert n == sum(1 for k in sd if not k.startswith("sam.vision_encoder."))
     t = teacher.state_dict()
@@ -431,9 +431,10 @@ def test_train_zoo_script_trains_teacher_then_students_and_resumes(tmp_path):
 
 # ---------------------------------------------------------------------------- architecture
 def _student_names() -> list[str]:
+    """The MobileSAM-style students (their own encoder, distilled from the teacher)."""
     from uadbench.zoo.train import RECIPES
 
-    return [n for n in ZOO_NAMES if RECIPES[n].teacher]
+    return [n for n in ZOO_NAMES if RECIPES[n].teacher and not RECIPES[n].freeze_teacher]
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
@@ -483,7 +484,141 @@ def test_student_starts_from_the_teacher_decoder_not_its_encoder(name):
     cls = ZOO[name]
     student = cls.new_model()
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    n = init_from_teacher(cls, student, teacher)
+    n = len(init_from_teacher(cls, student, teacher))
     changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
     assert n >= 130 and len(changed) >= 100
     assert not any("image_encoder" in k or "vision_encoder" in k for k in changed)
+
+
+# ---------------------------------------------------------------------------- students
+def _teacher_file(tmp_path: Path) -> Path:
+    """A zoo-vit-sam checkpoint made here (seeded random weights), saved like `zoo train`."""
+    from uadbench.zoo.train import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.safetensors"
+    save_weights(ZOO["zoo-vit-sam"].new_model(), path, {"name": "zoo-vit-sam"})
+    return path
+
+
+@pytest.fixture
+def hq_on_the_teacher_architecture(monkeypatch):
+    """zoo-hq-sam on zoo-vit-sam's own architecture, as HQ-SAM is on SAM's (the layout
+    the retrained zoo ships it with: training/next-zoo)."""
+    from uadbench.zoo import models
+
+    cls = type("ZooHQSamOnViT", (models.ZooHQSam,), {"arch": models.VIT_ARCH})
+    monkeypatch.setitem(models.ZOO, "zoo-hq-sam", cls)
+    return cls
+
+
+def test_hq_sam_trains_only_its_hq_additions_on_the_frozen_teacher(
+    tmp_path, hq_on_the_teacher_architecture
+):
+    """--freeze-teacher builds zoo-hq-sam the way HQ-SAM is built on SAM: every tensor of
+    the teacher (image encoder included) is copied and stays frozen; only the HQ
+    additions train. Without it the encoder trains too; the card says which it was."""
+    from safetensors.torch import load_file
+
+    cls = hq_on_the_teacher_architecture
+    teacher = _teacher_file(tmp_path)
+    args = ["zoo", "train", "zoo-hq-sam", "--train-images", "3", "--batch-images", "2"]
+    args += ["--prompts", "4", "--eval-images", "0", "--teacher-checkpoint", str(teacher)]
+    out = {}
+    for steps in ("1", "2"):
+        out[steps] = tmp_path / steps
+        assert main([*args, "--freeze-teacher", "--steps", steps, "--out", str(out[steps])]) == 0
+    t = load_file(str(teacher))
+    s1 = load_file(str(out["1"] / "zoo-hq-sam.safetensors"))
+    s2 = load_file(str(out["2"] / "zoo-hq-sam.safetensors"))
+    assert set(t) < set(s1)  # the teacher's layout, plus the additions
+    for k in t:
+        assert torch.equal(s1[k], t[k]) and torch.equal(s2[k], t[k]), k
+    hq = sorted(set(s1) - set(t))
+    assert hq and all(k.startswith("mask_decoder.") for k in hq)
+    assert any(not torch.equal(s1[k], s2[k]) for k in hq)  # the additions do train
+    card = (out["1"] / "zoo-hq-sam.md").read_text()
+    assert "--freeze-teacher" in card and "HQ-SAM-style" in card and "frozen" in card
+    # the frozen model encodes exactly as the teacher does
+    x = torch.rand(1, 3, 64, 64)
+    weights = str(out["2"] / "zoo-hq-sam.safetensors")
+    hq_emb = cls(cls.Config(checkpoint=weights)).forward_train(x, [])[0]
+    tc = ZOO["zoo-vit-sam"]
+    t_emb = tc(tc.Config(checkpoint=str(teacher))).forward_train(x, [])[0]
+    torch.testing.assert_close(hq_emb, t_emb)
+    assert main([*args, "--steps", "1", "--out", str(tmp_path / "n")]) == 0
+    sn = load_file(str(tmp_path / "n" / "zoo-hq-sam.safetensors"))
+    assert any(not torch.equal(sn[k], t[k]) for k in t if k.startswith("image_encoder."))
+    assert "HQ-SAM-style" not in (tmp_path / "n" / "zoo-hq-sam.md").read_text()
+
+
+def test_frozen_teacher_without_a_teacher_is_a_one_line_error(tmp_path, capsys):
+    args = ["zoo", "train", "zoo-hq-sam", "--teacher", "none", "--freeze-teacher", "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--no-freeze-teacher" in err
+    assert not list(tmp_path.iterdir())  # refused before anything was loaded or written
+
+
+@pytest.mark.parametrize("name", _student_names())
+def test_decoupled_distillation_moves_only_the_encoder_towards_the_teacher(
+    name, tmp_path, held_out
+):
+    """--distill-steps: the encoder regresses the teacher's embeddings (their MSE on
+    held-out scenes falls) while the decoder and prompt encoder stay the teacher's; with
+    --steps 0 that is the whole training (MobileSAM's decoupled distillation)."""
+    from safetensors.torch import load_file
+
+    from uadbench.zoo.train import init_from_teacher
+
+    teacher = shipped_weights("zoo-vit-sam")  # a trained teacher: structured embeddings
+    args = ["zoo", "train", name, "--steps", "0", "--distill-steps", "6", "--distill-batch"]
+    args += ["2", "--train-images", "3", "--eval-images", "0", "--lr", "0.005"]
+    args += ["--teacher-checkpoint", str(teacher), "--out", str(tmp_path / "d")]
+    assert main(args) == 0
+    weights = tmp_path / "d" / f"{name}.safetensors"
+    cls, tcls = ZOO[name], ZOO["zoo-vit-sam"]
+    t_victim = tcls(tcls.Config(checkpoint=str(teacher)))
+    torch.manual_seed(0)  # the student's initialisation (`--seed 0`)
+    init = cls.new_model()
+    copied = init_from_teacher(cls, init, t_victim.model)
+    trained = load_file(str(weights))
+    for k in copied:
+        torch.testing.assert_close(trained[k].float(), init.state_dict()[k].half().float())
+    x = torch.stack(
+        [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in held_out]
+    )
+    with torch.no_grad():
+        target = t_victim.forward_train(x, [])[0]
+        before = F.mse_loss(
+            cls(cls.Config()).use_model(init.eval()).forward_train(x, [])[0], target
+        )
+        after = F.mse_loss(cls(cls.Config(checkpoint=str(weights))).forward_train(x, [])[0], target)
+    assert after < 0.8 * before, (float(before), float(after))
+    card = (tmp_path / "d" / f"{name}.md").read_text()
+    assert "--distill-steps 6" in card and "decoupled distillation first" in card
+
+
+def test_zoo_train_init_continues_from_the_given_weights(tmp_path, capsys):
+    """--init starts from a weights file (a warm restart) instead of random weights: with a
+    vanishing learning rate the result is that file; the card names it and its digest; a
+    missing file is a one-line error before any data is loaded."""
+    from safetensors.torch import load_file
+
+    start = shipped_weights("zoo-vit-sam")
+    args = ["zoo", "train", "zoo-vit-sam", "--steps", "1", "--train-images", "2"]
+    args += ["--batch-images", "1", "--prompts", "2", "--eval-images", "0", "--lr", "1e-12"]
+    assert main([*args, "--init", str(start), "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    s0 = load_file(str(start))
+    sa = load_file(str(tmp_path / "a" / "zoo-vit-sam.safetensors"))
+    sb = load_file(str(tmp_path / "b" / "zoo-vit-sam.safetensors"))
+    assert all(torch.equal(sa[k], s0[k]) for k in s0)
+    assert not all(torch.equal(sb[k], s0[k]) for k in s0)
+    card = (tmp_path / "a" / "zoo-vit-sam.md").read_text()
+    assert f"--init {start}" in card and "starts from the weights in" in card
+    capsys.readouterr()
+    missing = tmp_path / "nope.safetensors"
+    assert main([*args, "--init", str(missing), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(missing) in err and not (tmp_path / "c").exists()

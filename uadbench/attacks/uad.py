@@ -69,7 +69,7 @@ def tps_solve(centres: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor
     centres: (M, N, 2) interpolation centres; values: (M, N, 2) values at them.
     Returns w (M, N, 2) radial weights and v (M, 3, 2) linear coefficients, such that
     s(q) = Σ_i w_i φ(|q − c_i|) + [q, 1]·v, s(c_i) = values_i, Σ w_i = 0, Σ w_i c_i = 0.
-    Differentiable in both inputs (batched ``linalg.solve``).
+    Differentiable in both inputs (``linalg.solve``, one system at a time).
     """
     m, n, _ = centres.shape
     diff = centres[:, :, None, :] - centres[:, None, :, :]
@@ -79,10 +79,13 @@ def tps_solve(centres: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor
     bottom = torch.cat([p.transpose(1, 2), p.new_zeros(m, 3, 3)], dim=2)
     lhs = torch.cat([top, bottom], dim=1)  # (M, N+3, N+3)
     rhs = torch.cat([values, values.new_zeros(m, 3, values.shape[-1])], dim=1)
+    # one system per call: a batched LAPACK solve need not round like a single one (torch
+    # 2.14's CPU build on an AMD EPYC: not bit-equal), and Adam amplifies any difference
+    # over T_D steps, so an image's warps must not depend on its batch-mates
     try:
-        sol = torch.linalg.solve(lhs, rhs)
+        sol = torch.stack([torch.linalg.solve(lhs_i, rhs_i) for lhs_i, rhs_i in zip(lhs, rhs)])
     except RuntimeError:  # coincident points (e.g. two clamped into one corner)
-        sol = torch.linalg.pinv(lhs) @ rhs
+        sol = torch.stack([torch.linalg.pinv(lhs_i) @ rhs_i for lhs_i, rhs_i in zip(lhs, rhs)])
     return sol[:, :n], sol[:, n:]
 
 

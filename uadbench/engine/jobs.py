@@ -194,7 +194,18 @@ def plan_jobs(data: RunData, only_failed: bool = False) -> Plan:
     failed_attacks = {(k[1], k[2]) for k in failed if k[0] == "attack"}
     attacks = []
     for a in spec.attacks:
-        todo = [sid for sid in ids if not data.adv_file(a, sid).exists()]
+        # an image is needed while some victim still has to be evaluated on it: a run
+        # directory whose adversarial images were deleted (to save space, or to commit its
+        # rows alone) resumes without redoing attacks whose evaluations are all recorded
+        todo = [
+            sid
+            for sid in ids
+            if not data.adv_file(a, sid).exists()
+            and (
+                not spec.victims
+                or any(not data.shard_file(v, a, sid).exists() for v in spec.victims)
+            )
+        ]
         if only_failed:
             todo = [sid for sid in todo if (a.label, sid) in failed_attacks]
         if todo:

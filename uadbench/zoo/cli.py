@@ -79,6 +79,32 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         "--teacher-checkpoint", default=None, help="teacher weights (default: its shipped file)"
     )
     t.add_argument(
+        "--freeze-teacher",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="HQ-SAM-style: copy the teacher's matching tensors (image encoder included) and "
+        "freeze them; only the rest trains (recipe: zoo-hq-sam)",
+    )
+    t.add_argument(
+        "--init",
+        default=None,
+        help="start from this weights file of the same model (a warm restart) instead of "
+        "random weights",
+    )
+    t.add_argument(
+        "--distill-steps",
+        type=int,
+        default=None,
+        help="MobileSAM's decoupled distillation first: steps in which the encoder only "
+        "regresses the teacher's embeddings (0: off; default: the model's recipe)",
+    )
+    t.add_argument(
+        "--distill-batch",
+        type=int,
+        default=None,
+        help="images per decoupled-distillation step (default: the model's recipe)",
+    )
+    t.add_argument(
         "--save-every",
         type=int,
         default=100,
@@ -133,6 +159,10 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         "data_seed": args.data_seed,
         "threads": args.threads,
         "group_weight": args.group_loss,
+        "freeze_teacher": args.freeze_teacher,
+        "distill_steps": args.distill_steps,
+        "distill_batch": args.distill_batch,
+        "init": args.init,
         "teacher": None
         if args.teacher is None
         else ("" if args.teacher.lower() == "none" else args.teacher),

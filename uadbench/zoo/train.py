@@ -16,6 +16,10 @@ Recipe (same for every zoo model; per-model step counts in :data:`RECIPES`):
   optionally (``group_weight``, ``--group-loss``) an instance-grouping loss on the image
   embedding (:func:`grouping_loss`), a dense signal that gets a from-scratch encoder off
   the prompt-only solution sooner; students add MSE to the teacher's embeddings.
+- students (``teacher``): MobileSAM-style, their prompt encoder and decoder start from the
+  teacher's, optionally after ``distill_steps`` of decoupled distillation (the encoder only
+  regresses the teacher's embeddings: no prompts, no decoder); or HQ-SAM-style
+  (``freeze_teacher``): every teacher tensor copied and frozen, only the additions train.
 - AdamW (lr 2e-3, weight decay 0.01), linear warm-up then cosine decay, gradient
   clipping at 1; ``torch.manual_seed`` and deterministic algorithms, so a seed
   reproduces the weights (on the same torch build and thread count).
@@ -71,6 +75,18 @@ class TrainConfig:
     #: weight of the auxiliary instance-grouping loss on the image embedding
     #: (:func:`grouping_loss`); 0 = off
     group_weight: float = 0.0
+    #: HQ-SAM-style: copy every teacher tensor whose name and shape match (image encoder
+    #: included) and freeze it; only the rest (HQ-SAM's additions) trains
+    freeze_teacher: bool = False
+    #: MobileSAM's decoupled distillation before the ``steps`` prompted steps: this many
+    #: steps in which the encoder only regresses the teacher's image embeddings (MSE; no
+    #: prompts, no decoder), ``distill_batch`` images each, with their own warm-up and
+    #: cosine schedule
+    distill_steps: int = 0
+    distill_batch: int = 16
+    #: weights file of this model to start from instead of a random initialisation (a warm
+    #: restart: fresh optimizer, warm-up and schedule); "" = random
+    init: str = ""
 
 
 #: default training settings per zoo model. zoo-vit-sam trains from scratch; the others are
@@ -275,13 +291,20 @@ def step_loss(
     for lg, lab_t, tgt in zip(logits, labels, targets):
         loss = loss + seg_loss(lg.float(), _targets(lab_t, tgt, tuple(lg.shape[-2:])))
     loss = loss / len(logits)
-    if teacher is not None:
-        with torch.no_grad():
-            t_emb = teacher.forward_train(x, [])[0]
-        loss = loss + cfg.distill_weight * F.mse_loss(emb.float(), t_emb.float())
-    if cfg.group_weight > 0:
-        loss = loss + cfg.group_weight * grouping_loss(emb, torch.stack(labels))
+    if emb.requires_grad:  # a frozen encoder (``freeze_teacher``) has nothing to learn here
+        if teacher is not None:
+            loss = loss + cfg.distill_weight * distill_loss(emb, x, teacher)
+        if cfg.group_weight > 0:
+            loss = loss + cfg.group_weight * grouping_loss(emb, torch.stack(labels))
     return loss
+
+
+def distill_loss(emb: torch.Tensor, x: torch.Tensor, teacher: ZooVictim) -> torch.Tensor:
+    """MSE between a student's image embeddings ``emb`` (B, C, h, w) and ``teacher``'s on
+    the same images ``x`` (B, 3, H, W) in [0, 1] (the teacher runs without gradients)."""
+    with torch.no_grad():
+        t_emb = teacher.forward_train(x, [])[0]
+    return F.mse_loss(emb.float(), t_emb.float())
 
 
 @dataclasses.dataclass
@@ -317,9 +340,24 @@ def train(
     can be split over several sessions or survive Ctrl-C). The file is removed at the end."""
     cls = zoo_class(name)
     cfg = config or RECIPES.get(name, TrainConfig())
-    if cfg.steps < 1 or cfg.batch_images < 1 or cfg.prompts_per_image < 2 or cfg.train_images < 1:
+    no_steps = cfg.steps < 1 and not (cfg.steps == 0 and cfg.distill_steps > 0)
+    if no_steps or cfg.batch_images < 1 or cfg.prompts_per_image < 2 or cfg.train_images < 1:
         raise ConfigError(
-            f"zoo train {name}: steps, batch_images, train_images must be >= 1, prompts >= 2"
+            f"zoo train {name}: steps, batch_images, train_images must be >= 1, prompts >= 2 "
+            "(steps may be 0 after --distill-steps)"
+        )
+    if cfg.distill_steps < 0 or (cfg.distill_steps and cfg.distill_batch < 1):
+        raise ConfigError(f"zoo train {name}: --distill-steps must be >= 0, --distill-batch >= 1")
+    if cfg.init and not Path(cfg.init).expanduser().is_file():
+        raise ConfigError(
+            f"zoo train {name}: --init {cfg.init}: no such weights file; give the "
+            f"{name}.safetensors a previous `zoo train {name}` wrote"
+        )
+    if (cfg.freeze_teacher or cfg.distill_steps) and not cfg.teacher:
+        what = "--freeze-teacher" if cfg.freeze_teacher else "--distill-steps"
+        undo = "--no-freeze-teacher" if cfg.freeze_teacher else "--distill-steps 0"
+        raise ConfigError(
+            f"zoo train {name}: {what} needs a teacher; name one with --teacher or add {undo}"
         )
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -367,17 +405,56 @@ def train(
 
 
 def init_from_teacher(
-    cls: type[ZooVictim], model: torch.nn.Module, teacher: torch.nn.Module
-) -> int:
+    cls: type[ZooVictim],
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    encoder: bool = False,
+) -> list[str]:
     """Copy the teacher's prompt-encoder and mask-decoder tensors into ``model`` (of zoo
     class ``cls``) wherever the name — translated by ``cls.from_sam_keys`` — and shape match;
-    never the image encoder. Returns how many were copied."""
-    tsd = {k: v for k, v in teacher.state_dict().items() if not k.startswith("image_encoder.")}
+    the image encoder's too only with ``encoder`` (HQ-SAM-style students). Returns the
+    names copied (``model``'s)."""
+    tsd = {
+        k: v
+        for k, v in teacher.state_dict().items()
+        if encoder or not k.startswith("image_encoder.")
+    }
     tsd = cls.from_sam_keys(tsd)
     own = model.state_dict()
     take = {k: tsd[k].to(own[k].dtype) for k in own if k in tsd and tsd[k].shape == own[k].shape}
     model.load_state_dict(take, strict=False)
-    return len(take)
+    return sorted(take)
+
+
+def _sample_batch(
+    rng: np.random.Generator,
+    data: TrainingSet,
+    labels_all: torch.Tensor,
+    n: int,
+    prompts: int,
+) -> tuple[list[np.ndarray], list[torch.Tensor], list[PromptSet], list[np.ndarray]]:
+    """``n`` random training images, each flipped horizontally with probability 1/2:
+    (images (H, W, 3) uint8, label maps, ``prompts`` training prompts per image and the mask
+    each targets; both lists empty when ``prompts`` is 0)."""
+    idx = rng.integers(0, len(data), size=n)
+    flips = rng.random(n) < 0.5
+    imgs, labs, prompt_sets, targets = [], [], [], []
+    for i, flip in zip(idx, flips):
+        img, lab, bxs = data.images[i], data.labels[i], data.boxes[i]
+        lab_t = labels_all[i]
+        if flip:
+            w = img.shape[1]
+            img, lab = img[:, ::-1], lab[:, ::-1]
+            lab_t = lab_t.flip(-1)
+            bxs = bxs.copy()
+            bxs[:, [0, 2]] = w - bxs[:, [2, 0]]
+        imgs.append(np.ascontiguousarray(img))
+        labs.append(lab_t)
+        if prompts:
+            ps, tgt = sample_training_prompts(rng, lab, bxs, prompts)
+            prompt_sets.append(ps)
+            targets.append(tgt)
+    return imgs, labs, prompt_sets, targets
 
 
 def _fit(
@@ -395,10 +472,26 @@ def _fit(
     rng = np.random.default_rng(cfg.seed)
     model = cls.new_model()
     if teacher is not None:
-        n = init_from_teacher(cls, model, teacher.model)
-        say(
-            f"initialised {n} decoder/prompt-encoder tensors from {teacher.name}; distilling its embeddings"
-        )
+        copied = init_from_teacher(cls, model, teacher.model, encoder=cfg.freeze_teacher)
+        if cfg.freeze_teacher:
+            frozen = set(copied)
+            for k, prm in model.named_parameters():
+                prm.requires_grad_(k not in frozen)
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            say(
+                f"copied and froze {len(copied)} tensors of {teacher.name} (its image encoder "
+                f"included); training the other {n_train:,} parameters"
+            )
+        else:
+            say(
+                f"initialised {len(copied)} decoder/prompt-encoder tensors from {teacher.name}; "
+                "distilling its embeddings"
+            )
+    if cfg.init:
+        from ..victims.checkpoints import load_state_dict_file
+
+        load_state_dict_file(model, Path(cfg.init).expanduser(), cls.name)
+        say(f"starting from the weights in {cfg.init}")
     victim = cls(cls.Config()).use_model(model)  # train through its differentiable path
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -412,12 +505,18 @@ def _fit(
         lr=cfg.lr,
         betas=(0.9, 0.999),
     )
-    warm = max(1, min(cfg.warmup, cfg.steps // 5))
+    total = cfg.distill_steps + cfg.steps
 
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return cfg.lr * (step + 1) / warm
-        t = (step - warm) / max(1, cfg.steps - warm)
+    def lr_at(step: int) -> float:  # warm-up then cosine, per phase
+        n, k = (
+            (cfg.distill_steps, step)
+            if step < cfg.distill_steps
+            else (cfg.steps, step - cfg.distill_steps)
+        )
+        warm = max(1, min(cfg.warmup, n // 5))
+        if k < warm:
+            return cfg.lr * (k + 1) / warm
+        t = (k - warm) / max(1, n - warm)
         return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
     labels_all = torch.from_numpy(data.labels)
@@ -426,25 +525,13 @@ def _fit(
     start, before = 0, 0.0
     if resume_state is not None:
         start, run_loss, before = restore_train_state(resume_state, model, opt, rng)
-        say(f"resuming at step {start}/{cfg.steps} from {state_path}")
-    for step in range(start, cfg.steps):
-        idx = rng.integers(0, len(data), size=cfg.batch_images)
-        flips = rng.random(cfg.batch_images) < 0.5
-        imgs, labs, prompt_sets, targets = [], [], [], []
-        for i, flip in zip(idx, flips):
-            img, lab, bxs = data.images[i], data.labels[i], data.boxes[i]
-            lab_t = labels_all[i]
-            if flip:
-                w = img.shape[1]
-                img, lab = img[:, ::-1], lab[:, ::-1]
-                lab_t = lab_t.flip(-1)
-                bxs = bxs.copy()
-                bxs[:, [0, 2]] = w - bxs[:, [2, 0]]
-            ps, tgt = sample_training_prompts(rng, lab, bxs, cfg.prompts_per_image)
-            imgs.append(np.ascontiguousarray(img))
-            labs.append(lab_t)
-            prompt_sets.append(ps)
-            targets.append(tgt)
+        say(f"resuming at step {start}/{total} from {state_path}")
+    for step in range(start, total):
+        distilling = step < cfg.distill_steps
+        n_img = cfg.distill_batch if distilling else cfg.batch_images
+        imgs, labs, prompt_sets, targets = _sample_batch(
+            rng, data, labels_all, n_img, 0 if distilling else cfg.prompts_per_image
+        )
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -453,17 +540,25 @@ def _fit(
         for s in range(0, len(imgs), MICRO_BATCH):
             part = slice(s, s + MICRO_BATCH)
             share = len(imgs[part]) / len(imgs)  # every term is a mean over images
-            micro = share * step_loss(
-                victim, x[part], prompt_sets[part], labs[part], targets[part], cfg, teacher
-            )
+            if distilling:
+                emb = victim.forward_train(x[part], [])[0]
+                micro = share * distill_loss(emb, x[part], teacher)
+            else:
+                micro = share * step_loss(
+                    victim, x[part], prompt_sets[part], labs[part], targets[part], cfg, teacher
+                )
             micro.backward()
             loss += micro.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         run_loss = loss if run_loss is None else 0.95 * run_loss + 0.05 * loss
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+        if step + 1 == cfg.distill_steps:
+            say(f"decoupled distillation done (embedding MSE {run_loss:.4f}); prompted steps next")
+            run_loss = None  # the prompted loss is on another scale
+        elif (step + 1) % cfg.log_every == 0 or step + 1 == total:
             el = time.perf_counter() - t0
-            say(f"step {step + 1}/{cfg.steps} loss {run_loss:.4f} lr {lr_at(step):.2e} {el:.0f}s")
+            what = "distill" if distilling else "loss"
+            say(f"step {step + 1}/{total} {what} {run_loss:.4f} lr {lr_at(step):.2e} {el:.0f}s")
         if state_path is not None and save_every > 0 and (step + 1) % save_every == 0:
             el = before + time.perf_counter() - t0
             save_train_state(state_path, cfg, model, opt, rng, step + 1, run_loss, el)
@@ -644,11 +739,18 @@ def train_command(name: str, cfg: TrainConfig) -> str:
         "data_seed": "--data-seed",
         "group_weight": "--group-loss",
         "teacher": "--teacher",
+        "freeze_teacher": "--freeze-teacher",
+        "distill_steps": "--distill-steps",
+        "distill_batch": "--distill-batch",
+        "init": "--init",
     }
     for field, flag in flags.items():
         if getattr(cfg, field) != getattr(base, field) or field == "steps":
             value = getattr(cfg, field)
-            parts.append(f"{flag} {'none' if field == 'teacher' and not value else value}")
+            if isinstance(value, bool):
+                parts.append(flag if value else f"--no-{flag[2:]}")
+            else:
+                parts.append(f"{flag} {'none' if field == 'teacher' and not value else value}")
     return " ".join(parts)
 
 
@@ -692,7 +794,7 @@ def write_card(result: TrainResult) -> Path:
 
 - data: {cfg.train_images} synthetic scenes (`uadbench.datasets.synthetic`, split `train`,
   data seed {cfg.data_seed}, {cfg.image_size}×{cfg.image_size} px)
-{_teacher_line(cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
+{_teacher_line(cfg)}{_init_line(cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
   (half single positive points, half jittered boxes); BCE + dice on the low-res logits{_group_text(cfg)};
   AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine
 - wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU thread{"s" if cfg.threads != 1 else ""}
@@ -716,14 +818,40 @@ def _img_size(cls: type[ZooVictim]) -> int:
     return 0
 
 
+def _init_line(cfg: TrainConfig) -> str:
+    if not cfg.init:
+        return ""
+    from ..victims.download import hash_file
+
+    digest = hash_file(Path(cfg.init).expanduser())[1][:16]
+    return (
+        f"- starts from the weights in `{cfg.init}` (SHA-256 {digest}…), not from a random "
+        f"initialisation; fresh optimizer, warm-up and schedule\n"
+    )
+
+
 def _teacher_line(cfg: TrainConfig) -> str:
     if not cfg.teacher:
         return "- from scratch (random initialisation), no teacher\n"
-    return (
+    if cfg.freeze_teacher:
+        return (
+            f"- HQ-SAM-style: image encoder, prompt encoder and mask decoder are "
+            f"`{cfg.teacher}`'s, copied and frozen (needs its weights); only HQ-SAM's additions "
+            f"(HQ output token and its MLP, the fusion of an early encoder block with the "
+            f"decoder features) are trained, from random initialisation\n"
+        )
+    line = (
         f"- MobileSAM-style: the encoder is trained from scratch but also distilled towards "
         f"`{cfg.teacher}`'s image embeddings (MSE, weight {cfg.distill_weight}); prompt encoder "
         f"and mask decoder start from `{cfg.teacher}`'s where shapes match (needs its weights)\n"
     )
+    if cfg.distill_steps:
+        line += (
+            f"- decoupled distillation first (MobileSAM): {cfg.distill_steps} steps × "
+            f"{cfg.distill_batch} images in which the encoder only regresses the teacher's "
+            f"embeddings (no prompts, no decoder), then the prompted steps below\n"
+        )
+    return line
 
 
 #: the issue's quality bar for zoo models (clean mIoU in %, held-out synthetic scenes)
