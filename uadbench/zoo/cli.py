@@ -83,7 +83,8 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="HQ-SAM-style: copy the teacher's matching tensors (image encoder included) and "
-        "freeze them; only the rest trains (recipe: zoo-hq-sam)",
+        "freeze them; only the rest trains (how the retrained zoo-hq-sam is built: "
+        "training/next-zoo)",
     )
     t.add_argument(
         "--init",

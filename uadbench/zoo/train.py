@@ -794,7 +794,7 @@ def write_card(result: TrainResult) -> Path:
 
 - data: {cfg.train_images} synthetic scenes (`uadbench.datasets.synthetic`, split `train`,
   data seed {cfg.data_seed}, {cfg.image_size}×{cfg.image_size} px)
-{_teacher_line(cfg)}{_init_line(cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
+{_teacher_line(cfg)}{_init_line(cls, cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
   (half single positive points, half jittered boxes); BCE + dice on the low-res logits{_group_text(cfg)};
   AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine
 - wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU thread{"s" if cfg.threads != 1 else ""}
@@ -818,12 +818,10 @@ def _img_size(cls: type[ZooVictim]) -> int:
     return 0
 
 
-def _init_line(cfg: TrainConfig) -> str:
+def _init_line(cls: type[ZooVictim], cfg: TrainConfig) -> str:
     if not cfg.init:
         return ""
-    from ..victims.download import hash_file
-
-    digest = hash_file(Path(cfg.init).expanduser())[1][:16]
+    digest = cls.weights_digest(cls.Config(checkpoint=str(Path(cfg.init).expanduser())))
     return (
         f"- starts from the weights in `{cfg.init}` (SHA-256 {digest}…), not from a random "
         f"initialisation; fresh optimizer, warm-up and schedule\n"
