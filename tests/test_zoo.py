@@ -558,6 +558,11 @@ def test_frozen_teacher_without_a_teacher_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--no-freeze-teacher" in err
     assert not list(tmp_path.iterdir())  # refused before anything was loaded or written
+    both = ["zoo", "train", "zoo-hq-sam", "--freeze-teacher", "--distill-steps", "2"]
+    assert main([*both, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--distill-steps" in err and "--freeze-teacher" in err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name", _student_names())

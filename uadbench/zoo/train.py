@@ -353,6 +353,11 @@ def train(
             f"zoo train {name}: --init {cfg.init}: no such weights file; give the "
             f"{name}.safetensors a previous `zoo train {name}` wrote"
         )
+    if cfg.freeze_teacher and cfg.distill_steps:
+        raise ConfigError(
+            f"zoo train {name}: --distill-steps trains the encoder, which --freeze-teacher "
+            "freezes; drop one of them"
+        )
     if (cfg.freeze_teacher or cfg.distill_steps) and not cfg.teacher:
         what = "--freeze-teacher" if cfg.freeze_teacher else "--distill-steps"
         undo = "--no-freeze-teacher" if cfg.freeze_teacher else "--distill-steps 0"
