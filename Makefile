@@ -2,6 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The long CPU jobs (zoo training, baselines) run ~30% faster with tcmalloc, where it is
+# installed (`apt-get install libtcmalloc-minimal4`): glibc's malloc spends a quarter of
+# a training step in the kernel. Same numbers (the allocator does not change arithmetic).
+TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4))
+PRELOAD := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
 .PHONY: demo test lint bench clean baselines zoo
 
@@ -29,13 +34,13 @@ bench: $(BIN)/.installed
 # scripts/train_zoo.py's: ZOO_FLAGS=--resume after an interruption; flags after `--` go to
 # every `uadbench zoo train` (ZOO_FLAGS="-- --steps 2000").
 zoo: $(BIN)/.installed
-	$(BIN)/python scripts/train_zoo.py $(ZOO_FLAGS)
+	$(PRELOAD) $(BIN)/python scripts/train_zoo.py $(ZOO_FLAGS)
 
 # Regenerate the committed CI baselines in results/baselines/ (after retraining the zoo or a
 # deliberate change of defaults); `make baselines ONLY=embedded-default` for one of them;
 # BASELINE_FLAGS=--resume continues an interrupted build, --compact readies one to commit.
 baselines: $(BIN)/.installed
-	$(BIN)/python scripts/make_baselines.py $(foreach n,$(ONLY),--only $(n)) $(BASELINE_FLAGS)
+	$(PRELOAD) $(BIN)/python scripts/make_baselines.py $(foreach n,$(ONLY),--only $(n)) $(BASELINE_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

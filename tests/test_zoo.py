@@ -247,6 +247,14 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     monkeypatch.setattr(zoo_train, "seg_loss", real)
     state = out_b / "zoo-vit-sam.train-state.pt"
     assert state.is_file() and not (out_b / "zoo-vit-sam.safetensors").exists()
+    # an unfinished run's weights evaluate as they are (`zoo eval --checkpoint <state>`)
+    cls = ZOO["zoo-vit-sam"]
+    mid = cls(cls.Config(checkpoint=str(state))).model.state_dict()
+    saved_model = torch.load(state, weights_only=True)["model"]
+    assert mid.keys() == saved_model.keys()
+    assert all(torch.equal(mid[k], saved_model[k]) for k in mid)
+    shipped = cls(cls.Config()).model.state_dict()  # not silently the default weights
+    assert any(not torch.equal(mid[k], v) for k, v in shipped.items())
 
     capsys.readouterr()
     other = [a if a != "4" else "5" for a in args]  # --steps 5: other settings
