@@ -290,6 +290,21 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
 
+    # a time box (--max-minutes) stops after the step that passes it, state saved, exit 0;
+    # the run split into three such shares ends with the same weights
+    out_d = tmp_path / "d"
+    assert main([*args, "--out", str(out_d), "--max-minutes", "0"]) == 2
+    assert "--max-minutes must be > 0" in capsys.readouterr().err
+    capsys.readouterr()
+    for share, step in ((["--max-minutes", "1e-9"], 1), (["--resume", "--max-minutes", "1e-9"], 2)):
+        assert main([*args, "--out", str(out_d), *share]) == 0
+        assert f"paused after --max-minutes 1e-09 at step {step}/4" in capsys.readouterr().out
+        assert torch.load(out_d / state.name, weights_only=True)["step"] == step
+        assert not (out_d / "zoo-vit-sam.safetensors").exists()
+    assert main([*args, "--out", str(out_d), "--resume"]) == 0
+    wd = load_file(str(out_d / "zoo-vit-sam.safetensors"))
+    assert all(torch.equal(wa[k], wd[k]) for k in wa)
+
 
 def test_hf_student_starts_from_the_segment_anything_teacher_decoder():
     """MobileSAM-style init across implementations: a transformers SamModel student gets the

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..errors import ConfigError
+
 ZOO_EPILOG = """examples:
   uadbench zoo train zoo-vit-sam --out zoo-models          # ~2.5 h on two CPU cores
   uadbench zoo train zoo-vit-sam --seed 1 --steps 300 --out /tmp/zoo
@@ -112,6 +114,13 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         help="steps between saves of the training state (for --resume; 0: never)",
     )
     t.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="time box: after this many minutes of training save the state and stop (exit "
+        "0; continue with --resume) — for a long run split over sittings",
+    )
+    t.add_argument(
         "--resume",
         action="store_true",
         help="continue from OUT/NAME.train-state.pt (see --save-every) with the same flags",
@@ -146,7 +155,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
-    from .train import RECIPES, TrainConfig, train, zoo_class
+    from .train import RECIPES, TrainConfig, TrainingPaused, train, zoo_class
 
     zoo_class(args.name)
     cfg = RECIPES.get(args.name, TrainConfig())
@@ -169,16 +178,26 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         else ("" if args.teacher.lower() == "none" else args.teacher),
     }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    res = train(
-        args.name,
-        cfg,
-        out_dir=args.out,
-        eval_images=args.eval_images,
-        progress=lambda s: print(s, flush=True),
-        teacher_checkpoint=args.teacher_checkpoint,
-        resume=args.resume,
-        save_every=args.save_every,
-    )
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise ConfigError(f"--max-minutes must be > 0, got {args.max_minutes:g}")
+    try:
+        res = train(
+            args.name,
+            cfg,
+            out_dir=args.out,
+            eval_images=args.eval_images,
+            progress=lambda s: print(s, flush=True),
+            teacher_checkpoint=args.teacher_checkpoint,
+            resume=args.resume,
+            save_every=args.save_every,
+            max_minutes=args.max_minutes,
+        )
+    except TrainingPaused as p:
+        print(
+            f"paused after --max-minutes {args.max_minutes:g} at step {p.step}/{p.total}; the "
+            f"state is in {p.path} — rerun with the same flags and --resume to continue"
+        )
+        return 0
     print(
         f"wrote {res.weights} ({res.weights.stat().st_size / 1e6:.2f} MB) and {res.card}; "
         f"training took {res.seconds / 60:.1f} min"

@@ -108,6 +108,15 @@ RECIPES: dict[str, TrainConfig] = {
 }
 
 
+class TrainingPaused(Exception):
+    """Raised by :func:`train` when its time budget (``max_minutes``) ran out: the training
+    state is saved (``path``, at ``step`` of ``total``) and ``--resume`` continues it."""
+
+    def __init__(self, path: Path, step: int, total: int):
+        super().__init__(f"paused at step {step}/{total}; state in {path}")
+        self.path, self.step, self.total = path, step, total
+
+
 def zoo_class(name: str) -> type[ZooVictim]:
     """The victim class of zoo model ``name`` (a ConfigError listing the zoo otherwise)."""
     cls = ZOO.get(name)
@@ -328,6 +337,7 @@ def train(
     teacher_checkpoint: str | Path | None = None,
     resume: bool = False,
     save_every: int = 100,
+    max_minutes: float | None = None,
 ) -> TrainResult:
     """Train zoo model ``name`` from scratch; write ``<out_dir>/<name>.safetensors`` and
     ``<name>.md``. ``eval_images`` held-out synthetic test images are evaluated with the
@@ -337,7 +347,10 @@ def train(
     Every ``save_every`` steps the whole training state (weights, optimizer, random
     generators, step) goes to ``<out_dir>/<name>.train-state.pt``; with ``resume`` training
     continues from it and ends with the same weights as an uninterrupted run (long runs
-    can be split over several sessions or survive Ctrl-C). The file is removed at the end."""
+    can be split over several sessions or survive Ctrl-C). The file is removed at the end.
+    With ``max_minutes``, the first step that ends after that many minutes of training (data
+    loading not counted) saves the state and raises :class:`TrainingPaused`: a time-boxed
+    share of a run that ``resume`` continues."""
     cls = zoo_class(name)
     cfg = config or RECIPES.get(name, TrainConfig())
     no_steps = cfg.steps < 1 and not (cfg.steps == 0 and cfg.distill_steps > 0)
@@ -387,7 +400,10 @@ def train(
             ck = str(teacher_checkpoint) if teacher_checkpoint else None
             teacher = tcls(tcls.Config(checkpoint=ck))
             _ = teacher.model  # load now: a missing teacher fails before training
-        model, before = _fit(cls, data, cfg, say, teacher, state_path, resume_state, save_every)
+        deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+        model, before = _fit(
+            cls, data, cfg, say, teacher, state_path, resume_state, save_every, deadline
+        )
         seconds = before + time.perf_counter() - t0
     finally:
         torch.set_num_threads(prev_threads)
@@ -471,8 +487,11 @@ def _fit(
     state_path: Path | None = None,
     resume_state: dict[str, Any] | None = None,
     save_every: int = 100,
+    deadline: float | None = None,
 ) -> tuple[torch.nn.Module, float]:
-    """Train; returns (model in eval mode, seconds spent in earlier resumed segments)."""
+    """Train; returns (model in eval mode, seconds spent in earlier resumed segments).
+    Past ``deadline`` (a ``time.perf_counter()`` value) the state is saved after the step
+    and :class:`TrainingPaused` raised (unless that step was the last)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = cls.new_model()
@@ -564,9 +583,13 @@ def _fit(
             el = time.perf_counter() - t0
             what = "distill" if distilling else "loss"
             say(f"step {step + 1}/{total} {what} {run_loss:.4f} lr {lr_at(step):.2e} {el:.0f}s")
-        if state_path is not None and save_every > 0 and (step + 1) % save_every == 0:
+        pause = deadline is not None and step + 1 < total and time.perf_counter() >= deadline
+        if state_path is not None and (pause or (save_every > 0 and (step + 1) % save_every == 0)):
             el = before + time.perf_counter() - t0
             save_train_state(state_path, cfg, model, opt, rng, step + 1, run_loss, el)
+        if pause and state_path is not None:
+            say(f"time budget used: state saved at step {step + 1}/{total}")
+            raise TrainingPaused(state_path, step + 1, total)
     model.eval()
     return model, before
 
