@@ -366,6 +366,8 @@ def train(
             f"zoo train {name}: --init {cfg.init}: no such weights file; give the "
             f"{name}.safetensors a previous `zoo train {name}` wrote"
         )
+    if max_minutes is not None and max_minutes <= 0:
+        raise ConfigError(f"zoo train {name}: --max-minutes must be > 0, got {max_minutes:g}")
     if cfg.freeze_teacher and cfg.distill_steps:
         raise ConfigError(
             f"zoo train {name}: --distill-steps trains the encoder, which --freeze-teacher "
@@ -583,11 +585,16 @@ def _fit(
             el = time.perf_counter() - t0
             what = "distill" if distilling else "loss"
             say(f"step {step + 1}/{total} {what} {run_loss:.4f} lr {lr_at(step):.2e} {el:.0f}s")
-        pause = deadline is not None and step + 1 < total and time.perf_counter() >= deadline
+        pause = (
+            state_path is not None
+            and deadline is not None
+            and step + 1 < total
+            and time.perf_counter() >= deadline
+        )
         if state_path is not None and (pause or (save_every > 0 and (step + 1) % save_every == 0)):
             el = before + time.perf_counter() - t0
             save_train_state(state_path, cfg, model, opt, rng, step + 1, run_loss, el)
-        if pause and state_path is not None:
+        if pause:
             say(f"time budget used: state saved at step {step + 1}/{total}")
             raise TrainingPaused(state_path, step + 1, total)
     model.eval()
