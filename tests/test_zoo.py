@@ -3,6 +3,7 @@ fail clearly when the file is bad, and ``zoo train`` reproduces weights from a s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -304,6 +305,78 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     assert main([*args, "--out", str(out_d), "--resume"]) == 0
     wd = load_file(str(out_d / "zoo-vit-sam.safetensors"))
     assert all(torch.equal(wa[k], wd[k]) for k in wa)
+
+
+def test_compact_training_state_carries_a_run_to_another_machine(tmp_path, capsys):
+    """The compact copy saved beside the full state is about half its size; without the
+    full state --resume continues from it approximately: weights, step and generators
+    exact, AdamW second moments to bfloat16 precision, first moments restarted at 0."""
+    from safetensors.torch import load_file
+
+    from uadbench.zoo import train as zoo_train
+
+    args = ["zoo", "train", "zoo-vit-sam", "--steps", "6", "--train-images", "4"]
+    args += ["--batch-images", "2", "--prompts", "4", "--eval-images", "0", "--lr", "0.001"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    out = tmp_path / "b"
+    assert main([*args, "--out", str(out), "--max-minutes", "1e-9"]) == 0
+    said = capsys.readouterr().out
+    full, compact = out / "zoo-vit-sam.train-state.pt", out / "zoo-vit-sam.train-state.compact.pt"
+    assert f"copy {compact.name}" in said
+    assert compact.stat().st_size < 0.55 * full.stat().st_size
+
+    cfg = dataclasses.replace(
+        zoo_train.RECIPES["zoo-vit-sam"],
+        steps=6,
+        train_images=4,
+        batch_images=2,
+        prompts_per_image=4,
+        lr=0.001,
+    )
+    exact = zoo_train.read_train_state(full, cfg)
+    cls = ZOO["zoo-vit-sam"]
+
+    def restored(state):
+        model = cls.new_model()
+        opt = torch.optim.AdamW(
+            [
+                {"params": [p for p in model.parameters() if p.ndim >= 2]},
+                {"params": [p for p in model.parameters() if p.ndim < 2]},
+            ]
+        )
+        rng = np.random.default_rng(123)
+        start = zoo_train.restore_train_state(state, model, opt, rng)[0]
+        return start, model.state_dict(), opt.state_dict()["state"], rng.bit_generator.state
+
+    full.unlink()
+    approx = zoo_train.read_train_state(full, cfg)  # falls back to the compact copy
+    s1, w1, o1, r1 = restored(exact)
+    s2, w2, o2, r2 = restored(approx)
+    assert s1 == s2 == 1 and r1 == r2
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert o1.keys() == o2.keys()
+    moved = 0
+    for i in o1:
+        assert torch.equal(o1[i]["step"], o2[i]["step"])
+        assert not o2[i]["exp_avg"].any()
+        moved += int(o1[i]["exp_avg"].any())
+        torch.testing.assert_close(o2[i]["exp_avg_sq"], o1[i]["exp_avg_sq"], rtol=8e-3, atol=0)
+        assert o2[i]["exp_avg_sq"].dtype == torch.float32
+    assert moved  # the dropped first moments were not all zero anyway
+
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert "resuming approximately at step 1/6 from the compact state" in capsys.readouterr().out
+    assert not compact.exists()  # removed with the full state at the end
+    wa = load_file(str(tmp_path / "a" / "zoo-vit-sam.safetensors"))
+    wb = load_file(str(out / "zoo-vit-sam.safetensors"))
+    # the approximate continuation moves the paused weights about as the exact one does
+    # (measured: cosine 0.71, length 0.77; not identical, the restarted momentum changes
+    # the next updates); weights or second moments not restored would move them far more
+    da = torch.cat([(wa[k].float() - w1[k]).flatten() for k in wa])
+    db = torch.cat([(wb[k].float() - w1[k]).flatten() for k in wa])
+    assert F.cosine_similarity(da, db, dim=0) > 0.5
+    assert 0.5 < db.norm() / da.norm() < 1.5
 
 
 def test_hf_student_starts_from_the_segment_anything_teacher_decoder():

@@ -121,7 +121,8 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUT/NAME.train-state.pt (see --save-every) with the same flags",
+        help="continue from OUT/NAME.train-state.pt (see --save-every) with the same flags; "
+        "without it, approximately from its compact copy OUT/NAME.train-state.compact.pt",
     )
     t.add_argument(
         "--eval-images",
@@ -189,9 +190,14 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
             max_minutes=args.max_minutes,
         )
     except TrainingPaused as p:
+        from .train import compact_state_path
+
+        compact = compact_state_path(p.path)
         print(
             f"paused after --max-minutes {args.max_minutes:g} at step {p.step}/{p.total}; the "
-            f"state is in {p.path} — rerun with the same flags and --resume to continue"
+            f"state is in {p.path} — rerun with the same flags and --resume to continue "
+            f"(on another machine: copy {compact.name}, {compact.stat().st_size / 1e6:.1f} MB, "
+            "into the same --out; it resumes approximately)"
         )
         return 0
     print(

@@ -347,7 +347,10 @@ def train(
     Every ``save_every`` steps the whole training state (weights, optimizer, random
     generators, step) goes to ``<out_dir>/<name>.train-state.pt``; with ``resume`` training
     continues from it and ends with the same weights as an uninterrupted run (long runs
-    can be split over several sessions or survive Ctrl-C). The file is removed at the end.
+    can be split over several sessions or survive Ctrl-C). Beside it goes a compact copy
+    (``<name>.train-state.compact.pt``, half the size, see :func:`compact_train_state`) to
+    carry a run to another machine; ``resume`` falls back to it, approximately, when the
+    full state is missing. Both files are removed at the end.
     With ``max_minutes``, the first step that ends after that many minutes of training (data
     loading not counted) saves the state and raises :class:`TrainingPaused`: a time-boxed
     share of a run that ``resume`` continues."""
@@ -412,6 +415,7 @@ def train(
         torch.use_deterministic_algorithms(prev_det)
     weights = out / f"{name}.safetensors"
     state_path.unlink(missing_ok=True)
+    compact_state_path(state_path).unlink(missing_ok=True)
     save_weights(
         model, weights, {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
     )
@@ -551,7 +555,14 @@ def _fit(
     start, before = 0, 0.0
     if resume_state is not None:
         start, run_loss, before = restore_train_state(resume_state, model, opt, rng)
-        say(f"resuming at step {start}/{total} from {state_path}")
+        if resume_state.get("compact"):
+            say(
+                f"resuming approximately at step {start}/{total} from the compact state "
+                f"{compact_state_path(state_path)} (no full state {state_path.name}): weights "
+                "exact, AdamW second moments rounded to bfloat16, first moments restart at 0"
+            )
+        else:
+            say(f"resuming at step {start}/{total} from {state_path}")
     for step in range(start, total):
         distilling = step < cfg.distill_steps
         n_img = cfg.distill_batch if distilling else cfg.batch_images
@@ -612,7 +623,8 @@ def save_train_state(
     seconds: float,
 ) -> None:
     """Write everything :func:`read_train_state` and :func:`restore_train_state` need to
-    continue bit-identically, atomically."""
+    continue bit-identically, atomically, and its :func:`compact_train_state` copy beside
+    it (:func:`compact_state_path`)."""
     state = {
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
         "step": step,
@@ -623,20 +635,60 @@ def save_train_state(
         "numpy_rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
     }
+    _save_atomically(state, path)
+    _save_atomically(compact_train_state(state), compact_state_path(path))
+
+
+def _save_atomically(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    torch.save(obj, tmp)
     tmp.replace(path)
+
+
+def compact_state_path(state_path: Path) -> Path:
+    """``<name>.train-state.pt`` -> ``<name>.train-state.compact.pt``."""
+    return state_path.with_name(state_path.name.removesuffix(".pt") + ".compact.pt")
+
+
+def compact_train_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A training state about half the size of ``state``, to carry a run where the full one
+    cannot go (e.g. into a repository that takes no file over 10 MB): the weights, step,
+    generators and settings exactly, AdamW's second moments in bfloat16 and its first
+    moments dropped. Resumed (:func:`restore_train_state`) the first moments restart at 0,
+    which shrinks the next ~10 updates (beta1 = 0.9) like a short warm-up, and the second
+    moments are off by < 0.4%: the run continues approximately, not bit-identically."""
+    opt = state["optimizer"]
+    slim = {
+        i: {
+            k: (v.to(torch.bfloat16) if k == "exp_avg_sq" else v)
+            for k, v in s.items()
+            if k != "exp_avg"
+        }
+        for i, s in opt["state"].items()
+    }
+    return {**state, "optimizer": {**opt, "state": slim}, "compact": True}
+
+
+def _expand_compact_optimizer(opt_state: dict[str, Any]) -> dict[str, Any]:
+    full = {}
+    for i, s in opt_state["state"].items():
+        sq = s["exp_avg_sq"].float()
+        full[i] = {**s, "exp_avg": torch.zeros_like(sq), "exp_avg_sq": sq}
+    return {**opt_state, "state": full}
 
 
 def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Read a :func:`save_train_state` file saved with settings ``cfg`` (checked before any
-    training data is loaded). A missing, unreadable or foreign file is a
-    :class:`ConfigError` saying what to do."""
+    training data is loaded); without one, its compact copy (:func:`compact_state_path`).
+    A missing, unreadable or foreign file is a :class:`ConfigError` saying what to do."""
     if not path.is_file():
-        raise ConfigError(
-            f"--resume: no training state at {path}; start without --resume "
-            "(the state is saved every few steps while training)"
-        )
+        compact = compact_state_path(path)
+        if not compact.is_file():
+            raise ConfigError(
+                f"--resume: no training state at {path} (nor its compact copy {compact.name});"
+                " start without --resume (the state is saved every few steps while training)"
+            )
+        path = compact
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
@@ -673,7 +725,8 @@ def restore_train_state(
     """Load a :func:`read_train_state` state into ``model``, ``opt`` and ``rng``; returns
     (next step, running loss, seconds already spent)."""
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    opt_state = state["optimizer"]
+    opt.load_state_dict(_expand_compact_optimizer(opt_state) if state.get("compact") else opt_state)
     rng.bit_generator.state = json.loads(state["numpy_rng"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), state["run_loss"], float(state["seconds"])
