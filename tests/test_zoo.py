@@ -311,6 +311,7 @@ def test_compact_training_state_carries_a_run_to_another_machine(tmp_path, capsy
     """The compact copy saved beside the full state is about half its size; without the
     full state --resume continues from it approximately: weights, step and generators
     exact, AdamW second moments to bfloat16 precision, first moments restarted at 0."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from uadbench.zoo import train as zoo_train
@@ -368,6 +369,12 @@ def test_compact_training_state_carries_a_run_to_another_machine(tmp_path, capsy
     assert main([*args, "--out", str(out), "--resume"]) == 0
     assert "resuming approximately at step 1/6 from the compact state" in capsys.readouterr().out
     assert not compact.exists()  # removed with the full state at the end
+    # the card and the weights say the command does not reproduce them exactly
+    card = (out / "zoo-vit-sam.md").read_text()
+    assert "continued approximately from a compact training state at step 1 " in card
+    assert "continued approximately" not in (tmp_path / "a" / "zoo-vit-sam.md").read_text()
+    with safe_open(str(out / "zoo-vit-sam.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["approximate_resumes"]) == [1]
     wa = load_file(str(tmp_path / "a" / "zoo-vit-sam.safetensors"))
     wb = load_file(str(out / "zoo-vit-sam.safetensors"))
     # the approximate continuation moves the paused weights about as the exact one does

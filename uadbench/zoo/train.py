@@ -325,6 +325,7 @@ class TrainResult:
     config: TrainConfig
     eval: dict[str, Any] | None
     params: int
+    approximate_resumes: tuple[int, ...] = ()  # steps continued from a compact state
 
 
 def train(
@@ -406,7 +407,7 @@ def train(
             teacher = tcls(tcls.Config(checkpoint=ck))
             _ = teacher.model  # load now: a missing teacher fails before training
         deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
-        model, before = _fit(
+        model, before, approx = _fit(
             cls, data, cfg, say, teacher, state_path, resume_state, save_every, deadline
         )
         seconds = before + time.perf_counter() - t0
@@ -416,11 +417,12 @@ def train(
     weights = out / f"{name}.safetensors"
     state_path.unlink(missing_ok=True)
     compact_state_path(state_path).unlink(missing_ok=True)
-    save_weights(
-        model, weights, {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
-    )
+    meta = {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
+    if approx:
+        meta["approximate_resumes"] = json.dumps(approx)
+    save_weights(model, weights, meta)
     params = sum(p.numel() for p in model.parameters())
-    result = TrainResult(name, weights, out / f"{name}.md", seconds, cfg, None, params)
+    result = TrainResult(name, weights, out / f"{name}.md", seconds, cfg, None, params, approx)
     if eval_images > 0:
         say(f"evaluating on {eval_images} held-out synthetic test images")
         result.eval = evaluate(name, checkpoint=weights, n=eval_images, seed=eval_seed)
@@ -494,8 +496,9 @@ def _fit(
     resume_state: dict[str, Any] | None = None,
     save_every: int = 100,
     deadline: float | None = None,
-) -> tuple[torch.nn.Module, float]:
-    """Train; returns (model in eval mode, seconds spent in earlier resumed segments).
+) -> tuple[torch.nn.Module, float, tuple[int, ...]]:
+    """Train; returns (model in eval mode, seconds spent in earlier resumed segments, the
+    steps at which the run was continued from a compact state, approximately).
     Past ``deadline`` (a ``time.perf_counter()`` value) the state is saved after the step
     and :class:`TrainingPaused` raised (unless that step was the last)."""
     torch.manual_seed(cfg.seed)
@@ -553,9 +556,12 @@ def _fit(
     t0 = time.perf_counter()
     run_loss = None
     start, before = 0, 0.0
+    approx: tuple[int, ...] = ()
     if resume_state is not None:
         start, run_loss, before = restore_train_state(resume_state, model, opt, rng)
+        approx = tuple(resume_state.get("approximate_resumes", ()))
         if resume_state.get("compact"):
+            approx += (start,)
             say(
                 f"resuming approximately at step {start}/{total} from the compact state "
                 f"{compact_state_path(state_path)} (no full state {state_path.name}): weights "
@@ -604,12 +610,12 @@ def _fit(
         )
         if state_path is not None and (pause or (save_every > 0 and (step + 1) % save_every == 0)):
             el = before + time.perf_counter() - t0
-            save_train_state(state_path, cfg, model, opt, rng, step + 1, run_loss, el)
+            save_train_state(state_path, cfg, model, opt, rng, step + 1, run_loss, el, approx)
         if pause:
             say(f"time budget used: state saved at step {step + 1}/{total}")
             raise TrainingPaused(state_path, step + 1, total)
     model.eval()
-    return model, before
+    return model, before, approx
 
 
 def save_train_state(
@@ -621,6 +627,7 @@ def save_train_state(
     step: int,
     run_loss: float | None,
     seconds: float,
+    approximate_resumes: tuple[int, ...] = (),
 ) -> None:
     """Write everything :func:`read_train_state` and :func:`restore_train_state` need to
     continue bit-identically, atomically, and its :func:`compact_train_state` copy beside
@@ -634,6 +641,7 @@ def save_train_state(
         "optimizer": opt.state_dict(),
         "numpy_rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
+        "approximate_resumes": list(approximate_resumes),
     }
     _save_atomically(state, path)
     _save_atomically(compact_train_state(state), compact_state_path(path))
@@ -885,7 +893,7 @@ def write_card(result: TrainResult) -> Path:
 {_teacher_line(cfg)}{_init_line(cls, cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
   (half single positive points, half jittered boxes); BCE + dice on the low-res logits{_group_text(cfg)};
   AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine
-- wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU thread{"s" if cfg.threads != 1 else ""}
+{_approx_line(result.approximate_resumes)}- wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU thread{"s" if cfg.threads != 1 else ""}
   ({platform.processor() or platform.machine()}, torch {torch.__version__}, Python {sys.version.split()[0]})
 
 ## Quality
@@ -896,6 +904,17 @@ These numbers describe a toy trained on synthetic shapes; they say nothing about
 """
     result.card.write_text(text)
     return result.card
+
+
+def _approx_line(steps: tuple[int, ...]) -> str:
+    if not steps:
+        return ""
+    at = ", ".join(str(s) for s in steps)
+    return (
+        f"- continued approximately from a compact training state at step {at} (moved to "
+        "another machine: momentum restarted, second moments in bfloat16), so the command "
+        "above gives close, not identical, weights\n"
+    )
 
 
 def _img_size(cls: type[ZooVictim]) -> int:
