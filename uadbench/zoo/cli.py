@@ -154,7 +154,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
-    from .train import RECIPES, TrainConfig, TrainingPaused, train, zoo_class
+    from .train import RECIPES, TrainConfig, TrainingPaused, compact_state_path, train, zoo_class
 
     zoo_class(args.name)
     cfg = RECIPES.get(args.name, TrainConfig())
@@ -190,8 +190,6 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
             max_minutes=args.max_minutes,
         )
     except TrainingPaused as p:
-        from .train import compact_state_path
-
         compact = compact_state_path(p.path)
         print(
             f"paused after --max-minutes {args.max_minutes:g} at step {p.step}/{p.total}; the "

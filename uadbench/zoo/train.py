@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 from ..eval.metrics import iou as iou_pct
 from ..eval.prompts import BOX, POINT, PromptSet, sample_prompts
+from ..store.rundir import atomic_write_bytes
 from .models import ZOO, ZooVictim
 
 log = logging.getLogger(__name__)
@@ -415,8 +417,8 @@ def train(
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
     weights = out / f"{name}.safetensors"
-    state_path.unlink(missing_ok=True)
-    compact_state_path(state_path).unlink(missing_ok=True)
+    for done in (state_path, compact_state_path(state_path)):
+        done.unlink(missing_ok=True)
     meta = {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
     if approx:
         meta["approximate_resumes"] = json.dumps(approx)
@@ -648,9 +650,9 @@ def save_train_state(
 
 
 def _save_atomically(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def compact_state_path(state_path: Path) -> Path:
