@@ -26,7 +26,7 @@ from uadbench.eval.prompts import PromptSet, sample_prompts
 from uadbench.victims import VICTIMS
 from uadbench.zoo import ZOO_NAMES
 from uadbench.zoo.models import ZOO, shipped_weights
-from uadbench.zoo.train import image_blind, score_with_grey
+from uadbench.zoo.train import compact_state_path, image_blind, score_with_grey
 
 MAX_BYTES = 8 * 1024 * 1024
 #: box-prompt mIoU (%) a shipped model must reach on the 4 held-out scenes: the untrained
@@ -218,6 +218,31 @@ def test_model_card_states_measured_miou(name):
     blind = "The masks barely depend on the image" in text
     assert blind == image_blind({"grey_agreement": float(agree.group(1))})
     assert not blind  # every shipped model uses the image (test_masks_depend_on_the_image)
+
+
+def test_a_failure_writing_the_final_weights_keeps_the_training_state(tmp_path, monkeypatch):
+    """The state files are removed only after the weights are on disk: a crash (full disk,
+    kill) while the finished weights are written must leave a run that --resume finishes."""
+    from uadbench.zoo import train as zoo_train
+
+    args = ["zoo", "train", "zoo-vit-sam", "--steps", "2", "--train-images", "2"]
+    args += ["--batch-images", "1", "--prompts", "2", "--eval-images", "0", "--save-every", "1"]
+    args += ["--out", str(tmp_path)]
+    real = zoo_train.save_weights
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zoo_train, "save_weights", full_disk)
+    with pytest.raises(OSError):
+        main(args)
+    state = tmp_path / "zoo-vit-sam.train-state.pt"
+    assert state.is_file() and compact_state_path(state).is_file()
+    assert torch.load(state, weights_only=True)["step"] == 2
+    monkeypatch.setattr(zoo_train, "save_weights", real)
+    assert main([*args, "--resume"]) == 0
+    assert (tmp_path / "zoo-vit-sam.safetensors").is_file()
+    assert not state.exists() and not compact_state_path(state).exists()
 
 
 def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypatch, capsys):

@@ -417,12 +417,13 @@ def train(
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
     weights = out / f"{name}.safetensors"
-    for done in (state_path, compact_state_path(state_path)):
-        done.unlink(missing_ok=True)
     meta = {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
     if approx:
         meta["approximate_resumes"] = json.dumps(approx)
     save_weights(model, weights, meta)
+    # only now that the weights are on disk: a crash in between must not lose the run
+    for done in (state_path, compact_state_path(state_path)):
+        done.unlink(missing_ok=True)
     params = sum(p.numel() for p in model.parameters())
     result = TrainResult(name, weights, out / f"{name}.md", seconds, cfg, None, params, approx)
     if eval_images > 0:
