@@ -29,7 +29,14 @@ from pathlib import Path
 
 from uadbench.zoo import ZOO_NAMES
 from uadbench.zoo.models import ZOO_DIR
-from uadbench.zoo.train import RECIPES
+from uadbench.zoo.train import RECIPES, compact_state_path
+
+
+def has_state(out: Path, name: str) -> bool:
+    """A training state of ``name`` is in ``out``: the full one, or only its compact copy
+    (what a new host has after the copy was committed; ``--resume`` continues from it)."""
+    state = out / f"{name}.train-state.pt"
+    return state.is_file() or compact_state_path(state).is_file()
 
 
 def command(name: str, out: Path, resume: bool, extra: list[str]) -> list[str]:
@@ -37,7 +44,7 @@ def command(name: str, out: Path, resume: bool, extra: list[str]) -> list[str]:
     teacher = RECIPES[name].teacher
     if teacher:
         cmd += ["--teacher-checkpoint", str(out / f"{teacher}.safetensors")]
-    if resume and (out / f"{name}.train-state.pt").is_file():
+    if resume and has_state(out, name):
         cmd.append("--resume")
     return cmd + extra
 
@@ -59,11 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or ZOO_DIR
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:  # a model with weights and no leftover state finished earlier
-        todo = [
-            n
-            for n in todo
-            if not (out / f"{n}.safetensors").is_file() or (out / f"{n}.train-state.pt").is_file()
-        ]
+        todo = [n for n in todo if not (out / f"{n}.safetensors").is_file() or has_state(out, n)]
     for n in todo:
         t = RECIPES[n].teacher
         if t and t not in todo and not (out / f"{t}.safetensors").is_file():

@@ -557,6 +557,27 @@ def test_train_zoo_script_trains_teacher_then_students_and_resumes(tmp_path):
     assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")}
 
 
+def test_train_zoo_script_resumes_from_a_committed_compact_state(tmp_path):
+    """On a new host only the committed compact copy of a training state is there: the
+    script must count it as an unfinished run and pass --resume (which falls back to the
+    copy), not retrain that model from step 0 or skip it as finished."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "train_zoo.py"
+    spec = importlib.util.spec_from_file_location("train_zoo_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    name = "zoo-tinyvit-sam"
+    assert "--resume" not in script.command(name, tmp_path, True, [])
+    assert not script.has_state(tmp_path, name)
+    (tmp_path / f"{name}.safetensors").write_bytes(b"weights of an earlier run")
+    compact_state_path(tmp_path / f"{name}.train-state.pt").write_bytes(b"compact state")
+    assert script.has_state(tmp_path, name)
+    assert "--resume" in script.command(name, tmp_path, True, [])
+    assert "--resume" not in script.command(name, tmp_path, False, [])
+    assert not script.has_state(tmp_path, "zoo-hf-sam")
+
+
 # ---------------------------------------------------------------------------- architecture
 def _student_names() -> list[str]:
     """The MobileSAM-style students (their own encoder, distilled from the teacher)."""
