@@ -29,14 +29,12 @@ from pathlib import Path
 
 from uadbench.zoo import ZOO_NAMES
 from uadbench.zoo.models import ZOO_DIR
-from uadbench.zoo.train import RECIPES, compact_state_path
+from uadbench.zoo.train import RECIPES, resumable_state, train_state_path
 
 
 def has_state(out: Path, name: str) -> bool:
-    """A training state of ``name`` is in ``out``: the full one, or only its compact copy
-    (what a new host has after the copy was committed; ``--resume`` continues from it)."""
-    state = out / f"{name}.train-state.pt"
-    return state.is_file() or compact_state_path(state).is_file()
+    """``name`` has a training state in ``out`` that ``--resume`` continues (full or compact)."""
+    return resumable_state(train_state_path(out, name)) is not None
 
 
 def command(name: str, out: Path, resume: bool, extra: list[str]) -> list[str]:

@@ -14,7 +14,6 @@ here everything is real runs, the real CLI and the committed files.)
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from script_helpers import load_script
 
 from uadbench.cli import build_parser, main
 from uadbench.store.rundir import atomic_write_json, load_manifest, load_rows, write_shard
@@ -35,15 +35,7 @@ ZOO = "zoo-synthetic"
 ALPHA = 0.05  # `uadbench check`'s default
 
 
-def _load_script():
-    path = REPO / "scripts" / "make_baselines.py"
-    spec = importlib.util.spec_from_file_location("make_baselines", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-MB = _load_script()
+MB = load_script("make_baselines")
 
 
 def baseline_dir(name: str) -> Path:

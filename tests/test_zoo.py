@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from script_helpers import load_script
 from test_victims_common import assert_mask_logits_in_prompt_batches
 
 from uadbench.cli import main
@@ -561,12 +562,7 @@ def test_train_zoo_script_resumes_from_a_committed_compact_state(tmp_path):
     """On a new host only the committed compact copy of a training state is there: the
     script must count it as an unfinished run and pass --resume (which falls back to the
     copy), not retrain that model from step 0 or skip it as finished."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "train_zoo.py"
-    spec = importlib.util.spec_from_file_location("train_zoo_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_zoo")
     name = "zoo-tinyvit-sam"
     assert "--resume" not in script.command(name, tmp_path, True, [])
     assert not script.has_state(tmp_path, name)

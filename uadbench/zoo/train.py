@@ -393,7 +393,7 @@ def train(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    state_path = out / f"{name}.train-state.pt"
+    state_path = train_state_path(out, name)
     try:
         # a state that cannot be resumed fails now, not after loading the data
         resume_state = read_train_state(state_path, cfg) if resume else None
@@ -656,9 +656,20 @@ def _save_atomically(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def train_state_path(out: Path, name: str) -> Path:
+    """Where :func:`train` keeps zoo model ``name``'s training state in ``out``."""
+    return out / f"{name}.train-state.pt"
+
+
 def compact_state_path(state_path: Path) -> Path:
     """``<name>.train-state.pt`` -> ``<name>.train-state.compact.pt``."""
     return state_path.with_name(state_path.name.removesuffix(".pt") + ".compact.pt")
+
+
+def resumable_state(state_path: Path) -> Path | None:
+    """The file ``--resume`` continues from: the full state, else its compact copy (all a
+    new host has once the copy is committed); None when there is neither."""
+    return next((p for p in (state_path, compact_state_path(state_path)) if p.is_file()), None)
 
 
 def compact_train_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -692,14 +703,14 @@ def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Read a :func:`save_train_state` file saved with settings ``cfg`` (checked before any
     training data is loaded); without one, its compact copy (:func:`compact_state_path`).
     A missing, unreadable or foreign file is a :class:`ConfigError` saying what to do."""
-    if not path.is_file():
-        compact = compact_state_path(path)
-        if not compact.is_file():
-            raise ConfigError(
-                f"--resume: no training state at {path} (nor its compact copy {compact.name});"
-                " start without --resume (the state is saved every few steps while training)"
-            )
-        path = compact
+    found = resumable_state(path)
+    if found is None:
+        raise ConfigError(
+            f"--resume: no training state at {path} (nor its compact copy "
+            f"{compact_state_path(path).name}); start without --resume (the state is saved "
+            "every few steps while training)"
+        )
+    path = found
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
