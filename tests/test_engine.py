@@ -25,7 +25,7 @@ KEY = ["sample_id", "attack", "victim", "prompt_index"]
 
 def _cli(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "uadbench.cli", *args],
+        [sys.executable, "-m", "uadbench", *args],
         capture_output=True,
         text=True,
         env=env or dict(os.environ),
