@@ -772,3 +772,76 @@ def test_zoo_train_init_continues_from_the_given_weights(tmp_path, capsys):
     assert main([*args, "--init", str(missing), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(missing) in err and not (tmp_path / "c").exists()
+
+
+def _tiny_train_args(out: Path, *extra: str) -> list[str]:
+    return [
+        *("zoo", "train", "zoo-tinyvit-sam", "--teacher", "none", "--steps", "2"),
+        *("--train-images", "3", "--batch-images", "2", "--prompts", "4", "--eval-images", "0"),
+        *("--seed", "3", "--out", str(out), *extra),
+    ]
+
+
+def test_bf16_autocast_training_changes_the_numbers_reproducibly(tmp_path, capsys):
+    """--amp bf16 trains (the weights move), differently from float32 (autocast really runs
+    the forward in bfloat16), the same twice under a seed; the card's command and text say
+    so; resuming a float32 run with --amp bf16 is refused as other settings."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for tag, extra in [("fp32", ()), ("bf16", ("--amp", "bf16")), ("again", ("--amp", "bf16"))]:
+        assert main(_tiny_train_args(tmp_path / tag, *extra)) == 0
+        runs[tag] = load_file(str(tmp_path / tag / "zoo-tinyvit-sam.safetensors"))
+    init = ZOO["zoo-tinyvit-sam"].new_model  # the same seed's starting point
+    torch.manual_seed(3)
+    start = {k: v.half() for k, v in init().state_dict().items() if v.is_floating_point()}
+    moved = [k for k in start if not torch.equal(runs["bf16"][k], start[k])]
+    assert len(moved) > len(start) // 2
+    assert any(not torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in start)
+    assert all(torch.equal(runs["bf16"][k], runs["again"][k]) for k in runs["bf16"])
+    card = (tmp_path / "bf16" / "zoo-tinyvit-sam.md").read_text()
+    assert "--amp bf16" in card and "bf16 autocast" in card
+    assert "--amp" not in (tmp_path / "fp32" / "zoo-tinyvit-sam.md").read_text()
+    # a float32 run paused at step 1 does not continue under bf16
+    half = _tiny_train_args(tmp_path / "p", "--save-every", "1", "--max-minutes", "1e-9")
+    assert main(half) == 0 and (tmp_path / "p" / "zoo-tinyvit-sam.train-state.pt").exists()
+    capsys.readouterr()
+    assert main([*half, "--resume", "--amp", "bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "amp '' then, 'bf16' now" in err
+
+
+@pytest.mark.parametrize(
+    ("device", "says"), [("cuda", "sees no CUDA GPU"), ("gpu0", "is not a torch device")]
+)
+def test_zoo_train_on_a_missing_device_is_a_one_line_error(
+    device, says, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(_tiny_train_args(tmp_path / "x", "--device", device)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and says in err and "--device cpu" in err
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+    assert main(["zoo", "eval", "zoo-vit-sam", "--device", device, "--n", "1"]) == 2
+    assert says in capsys.readouterr().err
+    run = ["run", "--attack", "uad", "--victims", "zoo-vit-sam", "--limit", "1"]
+    assert main([*run, "--device", device, "--out", str(tmp_path / "r")]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_zoo_train_on_cuda_matches_the_cpu_run_closely(tmp_path):
+    """On a GPU machine: the same tiny run on cuda ends near the CPU run's weights, and its
+    training state resumes on the CPU."""
+    from safetensors.torch import load_file
+
+    assert main(_tiny_train_args(tmp_path / "cpu")) == 0
+    assert main(_tiny_train_args(tmp_path / "gpu", "--device", "cuda")) == 0
+    a = load_file(str(tmp_path / "cpu" / "zoo-tinyvit-sam.safetensors"))
+    b = load_file(str(tmp_path / "gpu" / "zoo-tinyvit-sam.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-2, rtol=1e-2), k
+    half = _tiny_train_args(tmp_path / "p", "--save-every", "1", "--max-minutes", "1e-9")
+    assert main([*half, "--device", "cuda"]) == 0
+    assert main([*half, "--resume"]) == 0
+    assert (tmp_path / "p" / "zoo-tinyvit-sam.safetensors").exists()

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .config import check_device
 from .engine.local import Summary
 from .engine.plan import (
     RunSpec,
@@ -105,10 +106,7 @@ def run(
     """
     spec = plan(attacks, victims, dataset, surrogate, seed, limit, eps, strict)
     spec.sample_ids = sample_ids
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device {device}: CUDA is not available on this machine; use --device cpu"
-        )
+    check_device(device)
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     run_dir = Path(out) if out else spec.default_out(results_root)

@@ -210,3 +210,27 @@ def label(name: str, cfg: Any) -> str:
     if not changed:
         return name
     return name + "[" + ",".join(f"{k}={format_value(v)}" for k, v in changed.items()) + "]"
+
+
+def check_device(device: str, what: str = "") -> Any:
+    """``device`` (cpu, cuda, cuda:N, …) as a ``torch.device``, or a one-line ConfigError
+    (prefixed by ``what``) saying what is wrong and what to use instead."""
+    import torch
+
+    head = f"{what}: " if what else ""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"{head}--device {device!r} is not a torch device; use --device cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{head}--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; "
+            "use --device cpu, or a CUDA build of torch on a machine with a GPU"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{head}--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+        )
+    return dev

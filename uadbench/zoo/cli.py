@@ -65,6 +65,19 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         help="torch CPU threads (default 1: fastest on a shared 2-core machine)",
     )
     t.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train: cpu (default), cuda or cuda:N; the training state resumes on "
+        "any device",
+    )
+    t.add_argument(
+        "--amp",
+        choices=["off", "bf16"],
+        default=None,
+        help="bf16: forward passes in bfloat16 autocast (weights, optimizer, losses float32); "
+        "~1.7x faster on CPUs with AVX512-BF16 and on recent GPUs (default: the recipe's, off)",
+    )
+    t.add_argument(
         "--teacher",
         default=None,
         help="zoo model to distill the encoder from and start the decoder from ('none': train alone)",
@@ -172,6 +185,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         "distill_steps": args.distill_steps,
         "distill_batch": args.distill_batch,
         "init": args.init,
+        "amp": None if args.amp is None else ("" if args.amp == "off" else args.amp),
         "teacher": None
         if args.teacher is None
         else ("" if args.teacher.lower() == "none" else args.teacher),
@@ -188,6 +202,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             save_every=args.save_every,
             max_minutes=args.max_minutes,
+            device=args.device,
         )
     except TrainingPaused as p:
         compact = compact_state_path(p.path)
@@ -206,9 +221,11 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_eval(args: argparse.Namespace) -> int:
+    from ..config import check_device
     from .train import evaluate, zoo_class
 
     zoo_class(args.name)
+    check_device(args.device, f"zoo eval {args.name}")
     r = evaluate(
         args.name, checkpoint=args.checkpoint, n=args.n, seed=args.seed, device=args.device
     )

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import check_device
 from ..errors import ConfigError, DataError
 from ..eval.metrics import iou as iou_pct
 from ..eval.prompts import BOX, POINT, PromptSet, sample_prompts
@@ -89,6 +90,10 @@ class TrainConfig:
     #: weights file of this model to start from instead of a random initialisation (a warm
     #: restart: fresh optimizer, warm-up and schedule); "" = random
     init: str = ""
+    #: mixed precision of the forward passes: "" = float32 throughout; "bf16" = bfloat16
+    #: autocast (weights, optimizer, gradients and losses stay float32) — ~1.7× faster on a
+    #: CPU with AVX512-BF16 (zoo-vit-sam's encoder, one thread) and on recent GPUs
+    amp: str = ""
 
 
 #: default training settings per zoo model. zoo-vit-sam trains from scratch; the others are
@@ -220,7 +225,7 @@ def sample_training_prompts(
 
 def _targets(labels: torch.Tensor, target: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """Soft targets (P, h, w) in [0, 1]: each prompt's mask area-downsampled to ``size``."""
-    ids = torch.as_tensor(target + 1, dtype=labels.dtype)
+    ids = torch.as_tensor(target + 1, dtype=labels.dtype, device=labels.device)
     masks = (labels[None] == ids[:, None, None]).float()[:, None]
     return F.adaptive_avg_pool2d(masks, size)[:, 0] if masks.shape[-2:] != size else masks[:, 0]
 
@@ -277,6 +282,17 @@ def grouping_loss(
 
 
 # ---------------------------------------------------------------------------- training
+#: ``TrainConfig.amp`` values and the autocast dtype of each ("" = no autocast)
+AMP_DTYPES: dict[str, torch.dtype | None] = {"": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, amp: str) -> Any:
+    """The forward passes' autocast context for ``TrainConfig.amp`` on ``device`` (a no-op
+    for ``""``). Losses are computed from float32 casts of its outputs."""
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 #: images per forward/backward pass within a training step; the step's gradient is
 #: accumulated over its ``batch_images`` images (the same gradient up to rounding). On a
 #: CPU smaller passes are faster: one step of the 32×32-token teacher, 12 images × 12
@@ -298,7 +314,7 @@ def step_loss(
     distillation MSE to ``teacher``'s embeddings and the weighted grouping loss (both
     means over the images too)."""
     emb, logits = victim.forward_train(x, prompt_sets)
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=x.device)
     for lg, lab_t, tgt in zip(logits, labels, targets):
         loss = loss + seg_loss(lg.float(), _targets(lab_t, tgt, tuple(lg.shape[-2:])))
     loss = loss / len(logits)
@@ -328,6 +344,7 @@ class TrainResult:
     eval: dict[str, Any] | None
     params: int
     approximate_resumes: tuple[int, ...] = ()  # steps continued from a compact state
+    device: str = "cpu"
 
 
 def train(
@@ -341,6 +358,7 @@ def train(
     resume: bool = False,
     save_every: int = 100,
     max_minutes: float | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train zoo model ``name`` from scratch; write ``<out_dir>/<name>.safetensors`` and
     ``<name>.md``. ``eval_images`` held-out synthetic test images are evaluated with the
@@ -356,7 +374,10 @@ def train(
     full state is missing. Both files are removed at the end.
     With ``max_minutes``, the first step that ends after that many minutes of training (data
     loading not counted) saves the state and raises :class:`TrainingPaused`: a time-boxed
-    share of a run that ``resume`` continues."""
+    share of a run that ``resume`` continues.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …) holds the model, teacher and batches;
+    the training state is saved device-independently and resumes on any device."""
     cls = zoo_class(name)
     cfg = config or RECIPES.get(name, TrainConfig())
     no_steps = cfg.steps < 1 and not (cfg.steps == 0 and cfg.distill_steps > 0)
@@ -372,6 +393,12 @@ def train(
             f"zoo train {name}: --init {cfg.init}: no such weights file; give the "
             f"{name}.safetensors a previous `zoo train {name}` wrote"
         )
+    if cfg.amp not in AMP_DTYPES:
+        raise ConfigError(
+            f"zoo train {name}: --amp {cfg.amp!r} is not one of "
+            f"{', '.join(repr(a) for a in AMP_DTYPES)}"
+        )
+    dev = check_device(device, f"zoo train {name}")
     if max_minutes is not None and max_minutes <= 0:
         raise ConfigError(f"zoo train {name}: --max-minutes must be > 0, got {max_minutes:g}")
     if cfg.freeze_teacher and cfg.distill_steps:
@@ -406,11 +433,11 @@ def train(
         if cfg.teacher:
             tcls = zoo_class(cfg.teacher)
             ck = str(teacher_checkpoint) if teacher_checkpoint else None
-            teacher = tcls(tcls.Config(checkpoint=ck))
+            teacher = tcls(tcls.Config(checkpoint=ck), device=str(dev))
             _ = teacher.model  # load now: a missing teacher fails before training
         deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
         model, before, approx = _fit(
-            cls, data, cfg, say, teacher, state_path, resume_state, save_every, deadline
+            cls, data, cfg, say, teacher, state_path, resume_state, save_every, deadline, dev
         )
         seconds = before + time.perf_counter() - t0
     finally:
@@ -425,10 +452,14 @@ def train(
     for done in (state_path, compact_state_path(state_path)):
         done.unlink(missing_ok=True)
     params = sum(p.numel() for p in model.parameters())
-    result = TrainResult(name, weights, out / f"{name}.md", seconds, cfg, None, params, approx)
+    result = TrainResult(
+        name, weights, out / f"{name}.md", seconds, cfg, None, params, approx, str(dev)
+    )
     if eval_images > 0:
         say(f"evaluating on {eval_images} held-out synthetic test images")
-        result.eval = evaluate(name, checkpoint=weights, n=eval_images, seed=eval_seed)
+        result.eval = evaluate(
+            name, checkpoint=weights, n=eval_images, seed=eval_seed, device=str(dev)
+        )
         say(
             f"held-out mIoU: points {result.eval['miou_point']:.1f}, boxes {result.eval['miou_box']:.1f}"
         )
@@ -499,6 +530,7 @@ def _fit(
     resume_state: dict[str, Any] | None = None,
     save_every: int = 100,
     deadline: float | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.nn.Module, float, tuple[int, ...]]:
     """Train; returns (model in eval mode, seconds spent in earlier resumed segments, the
     steps at which the run was continued from a compact state, approximately).
@@ -506,7 +538,8 @@ def _fit(
     and :class:`TrainingPaused` raised (unless that step was the last)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = cls.new_model()
+    device = torch.device(device)
+    model = cls.new_model().to(device)
     if teacher is not None:
         copied = init_from_teacher(cls, model, teacher.model, encoder=cfg.freeze_teacher)
         if cfg.freeze_teacher:
@@ -528,7 +561,8 @@ def _fit(
 
         load_state_dict_file(model, Path(cfg.init).expanduser(), cls.name)
         say(f"starting from the weights in {cfg.init}")
-    victim = cls(cls.Config()).use_model(model)  # train through its differentiable path
+    # train through its differentiable path
+    victim = cls(cls.Config(), device=str(device)).use_model(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -578,7 +612,8 @@ def _fit(
         imgs, labs, prompt_sets, targets = _sample_batch(
             rng, data, labels_all, n_img, 0 if distilling else cfg.prompts_per_image
         )
-        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        labs = [lab.to(device) for lab in labs]
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -586,13 +621,14 @@ def _fit(
         for s in range(0, len(imgs), MICRO_BATCH):
             part = slice(s, s + MICRO_BATCH)
             share = len(imgs[part]) / len(imgs)  # every term is a mean over images
-            if distilling:
-                emb = victim.forward_train(x[part], [])[0]
-                micro = share * distill_loss(emb, x[part], teacher)
-            else:
-                micro = share * step_loss(
-                    victim, x[part], prompt_sets[part], labs[part], targets[part], cfg, teacher
-                )
+            with autocast(device, cfg.amp):
+                if distilling:
+                    emb = victim.forward_train(x[part], [])[0]
+                    micro = share * distill_loss(emb, x[part], teacher)
+                else:
+                    micro = share * step_loss(
+                        victim, x[part], prompt_sets[part], labs[part], targets[part], cfg, teacher
+                    )
             micro.backward()
             loss += micro.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -853,15 +889,32 @@ def train_command(name: str, cfg: TrainConfig) -> str:
         "distill_steps": "--distill-steps",
         "distill_batch": "--distill-batch",
         "init": "--init",
+        "amp": "--amp",
     }
     for field, flag in flags.items():
         if getattr(cfg, field) != getattr(base, field) or field == "steps":
             value = getattr(cfg, field)
             if isinstance(value, bool):
                 parts.append(flag if value else f"--no-{flag[2:]}")
+            elif field == "amp":
+                parts.append(f"{flag} {value or 'off'}")
             else:
                 parts.append(f"{flag} {'none' if field == 'teacher' and not value else value}")
     return " ".join(parts)
+
+
+def _amp_text(cfg: TrainConfig) -> str:
+    if not cfg.amp:
+        return ""
+    return f"; forward passes in {cfg.amp} autocast (weights, optimizer and losses float32)"
+
+
+def _hardware(result: TrainResult) -> str:
+    if result.device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(result.device))} ({result.device})"
+    threads = result.config.threads
+    cpu = platform.processor() or platform.machine()
+    return f"{threads} CPU thread{'s' if threads != 1 else ''} ({cpu})"
 
 
 def _group_text(cfg: TrainConfig) -> str:
@@ -906,9 +959,9 @@ def write_card(result: TrainResult) -> Path:
   data seed {cfg.data_seed}, {cfg.image_size}×{cfg.image_size} px)
 {_teacher_line(cfg)}{_init_line(cls, cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
   (half single positive points, half jittered boxes); BCE + dice on the low-res logits{_group_text(cfg)};
-  AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine
-{_approx_line(result.approximate_resumes)}- wall time: {result.seconds / 60:.1f} min on {cfg.threads} CPU thread{"s" if cfg.threads != 1 else ""}
-  ({platform.processor() or platform.machine()}, torch {torch.__version__}, Python {sys.version.split()[0]})
+  AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine{_amp_text(cfg)}
+{_approx_line(result.approximate_resumes)}- wall time: {result.seconds / 60:.1f} min on {_hardware(result)}
+  (torch {torch.__version__}, Python {sys.version.split()[0]})
 
 ## Quality
 
