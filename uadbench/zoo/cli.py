@@ -221,11 +221,9 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_eval(args: argparse.Namespace) -> int:
-    from ..config import check_device
     from .train import evaluate, zoo_class
 
     zoo_class(args.name)
-    check_device(args.device, f"zoo eval {args.name}")
     r = evaluate(
         args.name, checkpoint=args.checkpoint, n=args.n, seed=args.seed, device=args.device
     )

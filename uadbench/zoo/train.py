@@ -852,6 +852,7 @@ def evaluate(
     """
     if victim is None:
         cls = zoo_class(name)
+        check_device(device, f"zoo eval {name}")
         victim = cls(cls.Config(checkpoint=str(checkpoint) if checkpoint else None), device=device)
     ds = synthetic_dataset(n, seed, size, "test")
     t0 = time.perf_counter()
