@@ -749,6 +749,47 @@ def test_decoupled_distillation_moves_only_the_encoder_towards_the_teacher(
     assert "--distill-steps 6" in card and "decoupled distillation first" in card
 
 
+def test_mask_distillation_pulls_the_students_masks_towards_the_teachers(
+    tmp_path, held_out, capsys
+):
+    """--mask-distill (EdgeSAM's prompt-in-the-loop distillation): the same seeded student
+    run (a warm restart of the shipped student) with the term ends with masks closer to the teacher's, on held-out prompts, than
+    without it; the card and its command say so; without a teacher it is a one-line error
+    before anything is written."""
+    from uadbench.zoo.train import mask_distill_loss
+
+    name = "zoo-hf-sam"
+    teacher = shipped_weights("zoo-vit-sam")
+    args = ["zoo", "train", name, "--steps", "4", "--train-images", "3", "--batch-images"]
+    args += ["2", "--prompts", "8", "--eval-images", "0", "--lr", "0.001", "--seed", "1"]
+    args += ["--teacher-checkpoint", str(teacher), "--init", str(shipped_weights(name))]
+    for tag, w in [("gt", "0"), ("kd", "20")]:
+        assert main([*args, "--mask-distill", w, "--out", str(tmp_path / tag)]) == 0
+    cls, tcls = ZOO[name], ZOO["zoo-vit-sam"]
+    t_victim = tcls(tcls.Config(checkpoint=str(teacher)))
+    x = torch.stack(
+        [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in held_out]
+    )
+    prompts = [sample_prompts("synthetic", s.id, s.hw, s.masks, s.boxes, seed=0) for s in held_out]
+    gap = {}
+    with torch.no_grad():
+        t_logits = t_victim.forward_train(x, prompts)[1]
+        for tag in ("gt", "kd"):
+            ck = str(tmp_path / tag / f"{name}.safetensors")
+            logits = cls(cls.Config(checkpoint=ck)).forward_train(x, prompts)[1]
+            gap[tag] = float(mask_distill_loss(logits, t_logits))
+        floor = float(mask_distill_loss(t_logits, t_logits))  # the teacher against itself
+    assert floor < gap["kd"] < gap["gt"] - 0.01, (floor, gap)
+    card = (tmp_path / "kd" / f"{name}.md").read_text()
+    assert "--mask-distill 20" in card and "prompt-in-the-loop" in card
+    assert "--mask-distill" not in (tmp_path / "gt" / f"{name}.md").read_text()
+    capsys.readouterr()
+    bad = ["zoo", "train", name, "--teacher", "none", "--mask-distill", "1"]
+    assert main([*bad, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--mask-distill 0" in err and not (tmp_path / "x").exists()
+
+
 def test_zoo_train_init_continues_from_the_given_weights(tmp_path, capsys):
     """--init starts from a weights file (a warm restart) instead of random weights: with a
     vanishing learning rate the result is that file; the card names it and its digest; a

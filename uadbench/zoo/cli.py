@@ -119,6 +119,14 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         help="images per decoupled-distillation step (default: the model's recipe)",
     )
     t.add_argument(
+        "--mask-distill",
+        type=float,
+        default=None,
+        help="EdgeSAM's prompt-in-the-loop distillation: weight of BCE + dice to the "
+        "teacher's masks for the same prompts in the prompted steps (0: off; default: the "
+        "model's recipe)",
+    )
+    t.add_argument(
         "--save-every",
         type=int,
         default=100,
@@ -184,6 +192,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         "freeze_teacher": args.freeze_teacher,
         "distill_steps": args.distill_steps,
         "distill_batch": args.distill_batch,
+        "mask_distill": args.mask_distill,
         "init": args.init,
         "amp": None if args.amp is None else ("" if args.amp == "off" else args.amp),
         "teacher": None

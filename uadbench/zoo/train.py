@@ -15,7 +15,9 @@ Recipe (same for every zoo model; per-model step counts in :data:`RECIPES`):
   decoder's 4× upscaled grid) and the ground-truth mask area-downsampled to that grid;
   optionally (``group_weight``, ``--group-loss``) an instance-grouping loss on the image
   embedding (:func:`grouping_loss`), a dense signal that gets a from-scratch encoder off
-  the prompt-only solution sooner; students add MSE to the teacher's embeddings.
+  the prompt-only solution sooner; students add MSE to the teacher's embeddings and,
+  optionally (``mask_distill``, ``--mask-distill``), EdgeSAM's prompt-in-the-loop term:
+  BCE + dice to the teacher's mask probabilities for the same prompts.
 - students (``teacher``): MobileSAM-style, their prompt encoder and decoder start from the
   teacher's, optionally after ``distill_steps`` of decoupled distillation (the encoder only
   regresses the teacher's embeddings: no prompts, no decoder); or HQ-SAM-style
@@ -37,7 +39,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,10 @@ class TrainConfig:
     #: autocast (weights, optimizer, gradients and losses stay float32) — ~1.7× faster on a
     #: CPU with AVX512-BF16 (zoo-vit-sam's encoder, one thread) and on recent GPUs
     amp: str = ""
+    #: EdgeSAM's prompt-in-the-loop distillation: weight of BCE + dice between the
+    #: student's mask logits and the teacher's mask probabilities for the same prompts, in
+    #: the prompted steps (beside the ground-truth loss); 0 = off
+    mask_distill: float = 0.0
 
 
 #: default training settings per zoo model. zoo-vit-sam trains from scratch; the others are
@@ -318,12 +324,34 @@ def step_loss(
     for lg, lab_t, tgt in zip(logits, labels, targets):
         loss = loss + seg_loss(lg.float(), _targets(lab_t, tgt, tuple(lg.shape[-2:])))
     loss = loss / len(logits)
+    distill_emb = emb.requires_grad and teacher is not None
+    t_emb = None
+    if teacher is not None and (distill_emb or cfg.mask_distill > 0):
+        with torch.no_grad():  # one teacher pass serves both distillation terms
+            t_emb, t_logits = teacher.forward_train(x, prompt_sets if cfg.mask_distill > 0 else [])
+        if cfg.mask_distill > 0:
+            loss = loss + cfg.mask_distill * mask_distill_loss(logits, t_logits)
     if emb.requires_grad:  # a frozen encoder (``freeze_teacher``) has nothing to learn here
-        if teacher is not None:
-            loss = loss + cfg.distill_weight * distill_loss(emb, x, teacher)
+        if distill_emb:
+            loss = loss + cfg.distill_weight * F.mse_loss(emb.float(), t_emb.float())
         if cfg.group_weight > 0:
             loss = loss + cfg.group_weight * grouping_loss(emb, torch.stack(labels))
     return loss
+
+
+def mask_distill_loss(
+    logits: Sequence[torch.Tensor], teacher_logits: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """EdgeSAM's prompt-in-the-loop distillation term: BCE + dice (:func:`seg_loss`) between
+    each image's student mask logits (P_i, h, w) and the teacher's mask probabilities for
+    the same prompts (resized to the student's grid if they differ), averaged over images."""
+    total = logits[0].new_zeros((), dtype=torch.float32)
+    for lg, tl in zip(logits, teacher_logits, strict=True):
+        tl = tl.float()
+        if tl.shape[-2:] != lg.shape[-2:]:
+            tl = F.interpolate(tl[:, None], lg.shape[-2:], mode="bilinear")[:, 0]
+        total = total + seg_loss(lg.float(), torch.sigmoid(tl))
+    return total / len(logits)
 
 
 def distill_loss(emb: torch.Tensor, x: torch.Tensor, teacher: ZooVictim) -> torch.Tensor:
@@ -406,9 +434,16 @@ def train(
             f"zoo train {name}: --distill-steps trains the encoder, which --freeze-teacher "
             "freezes; drop one of them"
         )
-    if (cfg.freeze_teacher or cfg.distill_steps) and not cfg.teacher:
-        what = "--freeze-teacher" if cfg.freeze_teacher else "--distill-steps"
-        undo = "--no-freeze-teacher" if cfg.freeze_teacher else "--distill-steps 0"
+    if cfg.mask_distill < 0:
+        raise ConfigError(f"zoo train {name}: --mask-distill must be >= 0 (0: off)")
+    if (cfg.freeze_teacher or cfg.distill_steps or cfg.mask_distill) and not cfg.teacher:
+        what, undo = (
+            ("--freeze-teacher", "--no-freeze-teacher")
+            if cfg.freeze_teacher
+            else ("--distill-steps", "--distill-steps 0")
+            if cfg.distill_steps
+            else ("--mask-distill", "--mask-distill 0")
+        )
         raise ConfigError(
             f"zoo train {name}: {what} needs a teacher; name one with --teacher or add {undo}"
         )
@@ -891,6 +926,7 @@ def train_command(name: str, cfg: TrainConfig) -> str:
         "distill_batch": "--distill-batch",
         "init": "--init",
         "amp": "--amp",
+        "mask_distill": "--mask-distill",
     }
     for field, flag in flags.items():
         if getattr(cfg, field) != getattr(base, field) or field == "steps":
@@ -1007,22 +1043,29 @@ def _teacher_line(cfg: TrainConfig) -> str:
     if not cfg.teacher:
         return "- from scratch (random initialisation), no teacher\n"
     if cfg.freeze_teacher:
-        return (
+        line = (
             f"- HQ-SAM-style: image encoder, prompt encoder and mask decoder are "
             f"`{cfg.teacher}`'s, copied and frozen (needs its weights); only HQ-SAM's additions "
             f"(HQ output token and its MLP, the fusion of an early encoder block with the "
             f"decoder features) are trained, from random initialisation\n"
         )
-    line = (
-        f"- MobileSAM-style: the encoder is trained from scratch but also distilled towards "
-        f"`{cfg.teacher}`'s image embeddings (MSE, weight {cfg.distill_weight}); prompt encoder "
-        f"and mask decoder start from `{cfg.teacher}`'s where shapes match (needs its weights)\n"
-    )
+    else:
+        line = (
+            f"- MobileSAM-style: the encoder is trained from scratch but also distilled towards "
+            f"`{cfg.teacher}`'s image embeddings (MSE, weight {cfg.distill_weight}); prompt encoder "
+            f"and mask decoder start from `{cfg.teacher}`'s where shapes match (needs its weights)\n"
+        )
     if cfg.distill_steps:
         line += (
             f"- decoupled distillation first (MobileSAM): {cfg.distill_steps} steps × "
             f"{cfg.distill_batch} images in which the encoder only regresses the teacher's "
             f"embeddings (no prompts, no decoder), then the prompted steps below\n"
+        )
+    if cfg.mask_distill:
+        line += (
+            f"- prompt-in-the-loop distillation (EdgeSAM) in the prompted steps: + "
+            f"{cfg.mask_distill:g} × BCE + dice between the mask logits and `{cfg.teacher}`'s "
+            f"mask probabilities for the same prompts\n"
         )
     return line
 
