@@ -790,6 +790,33 @@ def test_mask_distillation_pulls_the_students_masks_towards_the_teachers(
     assert "\n" not in err and "--mask-distill 0" in err and not (tmp_path / "x").exists()
 
 
+def test_distill_lr_sets_the_distillation_phase_learning_rate_only(tmp_path):
+    """--distill-lr is the decoupled phase's peak lr, --lr the prompted phase's: with a
+    vanishing --distill-lr the distillation phase leaves the weights where they started
+    (as a vanishing --lr for both does); with a vanishing --lr and a real --distill-lr it
+    moves them; the card records it."""
+    from safetensors.torch import load_file
+
+    args = ["zoo", "train", "zoo-hf-sam", "--steps", "0", "--distill-steps", "2"]
+    args += ["--distill-batch", "2", "--train-images", "3", "--eval-images", "0"]
+    args += ["--teacher-checkpoint", str(shipped_weights("zoo-vit-sam"))]
+    runs = {
+        "still": ["--lr", "0.005", "--distill-lr", "1e-12"],
+        "moves": ["--lr", "1e-12", "--distill-lr", "0.005"],
+        "both-off": ["--lr", "1e-12"],
+    }
+    w = {}
+    for tag, extra in runs.items():
+        assert main([*args, *extra, "--out", str(tmp_path / tag)]) == 0
+        w[tag] = load_file(str(tmp_path / tag / "zoo-hf-sam.safetensors"))
+    assert all(torch.equal(w["still"][k], w["both-off"][k]) for k in w["still"])
+    assert any(not torch.equal(w["moves"][k], w["both-off"][k]) for k in w["moves"])
+    card = (tmp_path / "moves" / "zoo-hf-sam.md").read_text()
+    assert "--distill-lr 0.005" in card and "peak lr 0.005" in card
+    assert main([*args, "--distill-lr", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_zoo_train_init_continues_from_the_given_weights(tmp_path, capsys):
     """--init starts from a weights file (a warm restart) instead of random weights: with a
     vanishing learning rate the result is that file; the card names it and its digest; a

@@ -119,6 +119,13 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         help="images per decoupled-distillation step (default: the model's recipe)",
     )
     t.add_argument(
+        "--distill-lr",
+        type=float,
+        default=None,
+        help="peak learning rate of the decoupled distillation phase (default: --lr; "
+        "--lr is then the prompted phase's)",
+    )
+    t.add_argument(
         "--mask-distill",
         type=float,
         default=None,
@@ -193,6 +200,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         "distill_steps": args.distill_steps,
         "distill_batch": args.distill_batch,
         "mask_distill": args.mask_distill,
+        "distill_lr": args.distill_lr,
         "init": args.init,
         "amp": None if args.amp is None else ("" if args.amp == "off" else args.amp),
         "teacher": None

@@ -89,6 +89,9 @@ class TrainConfig:
     #: cosine schedule
     distill_steps: int = 0
     distill_batch: int = 16
+    #: peak learning rate of the decoupled distillation phase (0: ``lr``, as both phases
+    #: had before it existed); ``lr`` is then the prompted phase's
+    distill_lr: float = 0.0
     #: weights file of this model to start from instead of a random initialisation (a warm
     #: restart: fresh optimizer, warm-up and schedule); "" = random
     init: str = ""
@@ -416,6 +419,8 @@ def train(
         )
     if cfg.distill_steps < 0 or (cfg.distill_steps and cfg.distill_batch < 1):
         raise ConfigError(f"zoo train {name}: --distill-steps must be >= 0, --distill-batch >= 1")
+    if cfg.distill_lr < 0 or cfg.lr <= 0:
+        raise ConfigError(f"zoo train {name}: --lr must be > 0 and --distill-lr >= 0 (0: --lr)")
     if cfg.init and not Path(cfg.init).expanduser().is_file():
         raise ConfigError(
             f"zoo train {name}: --init {cfg.init}: no such weights file; give the "
@@ -613,16 +618,16 @@ def _fit(
     total = cfg.distill_steps + cfg.steps
 
     def lr_at(step: int) -> float:  # warm-up then cosine, per phase
-        n, k = (
-            (cfg.distill_steps, step)
+        n, k, peak = (
+            (cfg.distill_steps, step, cfg.distill_lr or cfg.lr)
             if step < cfg.distill_steps
-            else (cfg.steps, step - cfg.distill_steps)
+            else (cfg.steps, step - cfg.distill_steps, cfg.lr)
         )
         warm = max(1, min(cfg.warmup, n // 5))
         if k < warm:
-            return cfg.lr * (k + 1) / warm
+            return peak * (k + 1) / warm
         t = (k - warm) / max(1, n - warm)
-        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+        return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
     labels_all = torch.from_numpy(data.labels)
     t0 = time.perf_counter()
@@ -924,6 +929,7 @@ def train_command(name: str, cfg: TrainConfig) -> str:
         "freeze_teacher": "--freeze-teacher",
         "distill_steps": "--distill-steps",
         "distill_batch": "--distill-batch",
+        "distill_lr": "--distill-lr",
         "init": "--init",
         "amp": "--amp",
         "mask_distill": "--mask-distill",
@@ -1059,7 +1065,8 @@ def _teacher_line(cfg: TrainConfig) -> str:
         line += (
             f"- decoupled distillation first (MobileSAM): {cfg.distill_steps} steps × "
             f"{cfg.distill_batch} images in which the encoder only regresses the teacher's "
-            f"embeddings (no prompts, no decoder), then the prompted steps below\n"
+            f"embeddings (no prompts, no decoder; peak lr {cfg.distill_lr or cfg.lr:g}), then "
+            f"the prompted steps below\n"
         )
     if cfg.mask_distill:
         line += (
