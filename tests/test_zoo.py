@@ -710,6 +710,13 @@ def test_frozen_teacher_without_a_teacher_is_a_one_line_error(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def _image_batch(samples) -> torch.Tensor:
+    """The samples' images as one float batch (B, 3, H, W) in [0, 1]."""
+    return torch.stack(
+        [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in samples]
+    )
+
+
 @pytest.mark.parametrize("name", _student_names())
 def test_decoupled_distillation_moves_only_the_encoder_towards_the_teacher(
     name, tmp_path, held_out
@@ -735,9 +742,7 @@ def test_decoupled_distillation_moves_only_the_encoder_towards_the_teacher(
     trained = load_file(str(weights))
     for k in copied:
         torch.testing.assert_close(trained[k].float(), init.state_dict()[k].half().float())
-    x = torch.stack(
-        [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in held_out]
-    )
+    x = _image_batch(held_out)
     with torch.no_grad():
         target = t_victim.forward_train(x, [])[0]
         before = F.mse_loss(
@@ -753,9 +758,9 @@ def test_mask_distillation_pulls_the_students_masks_towards_the_teachers(
     tmp_path, held_out, capsys
 ):
     """--mask-distill (EdgeSAM's prompt-in-the-loop distillation): the same seeded student
-    run (a warm restart of the shipped student) with the term ends with masks closer to the teacher's, on held-out prompts, than
-    without it; the card and its command say so; without a teacher it is a one-line error
-    before anything is written."""
+    run (a warm restart of the shipped student) with the term ends with masks closer to
+    the teacher's, on held-out prompts, than without it; the card and its command say so;
+    without a teacher it is a one-line error before anything is written."""
     from uadbench.zoo.train import mask_distill_loss
 
     name = "zoo-hf-sam"
@@ -767,9 +772,7 @@ def test_mask_distillation_pulls_the_students_masks_towards_the_teachers(
         assert main([*args, "--mask-distill", w, "--out", str(tmp_path / tag)]) == 0
     cls, tcls = ZOO[name], ZOO["zoo-vit-sam"]
     t_victim = tcls(tcls.Config(checkpoint=str(teacher)))
-    x = torch.stack(
-        [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in held_out]
-    )
+    x = _image_batch(held_out)
     prompts = [sample_prompts("synthetic", s.id, s.hw, s.masks, s.boxes, seed=0) for s in held_out]
     gap = {}
     with torch.no_grad():

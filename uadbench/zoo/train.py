@@ -320,23 +320,22 @@ def step_loss(
 ) -> torch.Tensor:
     """The training loss of images ``x`` (B, 3, H, W) in [0, 1] with their prompts, label
     maps and each prompt's mask index: segmentation loss averaged over images, plus the
-    distillation MSE to ``teacher``'s embeddings and the weighted grouping loss (both
-    means over the images too)."""
+    distillation MSE to ``teacher``'s embeddings, the weighted mask distillation
+    (``cfg.mask_distill``) and the weighted grouping loss (all means over the images too)."""
     emb, logits = victim.forward_train(x, prompt_sets)
     loss = torch.zeros((), device=x.device)
     for lg, lab_t, tgt in zip(logits, labels, targets):
         loss = loss + seg_loss(lg.float(), _targets(lab_t, tgt, tuple(lg.shape[-2:])))
     loss = loss / len(logits)
     distill_emb = emb.requires_grad and teacher is not None
-    t_emb = None
     if teacher is not None and (distill_emb or cfg.mask_distill > 0):
-        with torch.no_grad():  # one teacher pass serves both distillation terms
-            t_emb, t_logits = teacher.forward_train(x, prompt_sets if cfg.mask_distill > 0 else [])
+        # one teacher pass serves both distillation terms
+        t_emb, t_logits = teacher_pass(teacher, x, prompt_sets if cfg.mask_distill > 0 else ())
         if cfg.mask_distill > 0:
             loss = loss + cfg.mask_distill * mask_distill_loss(logits, t_logits)
-    if emb.requires_grad:  # a frozen encoder (``freeze_teacher``) has nothing to learn here
         if distill_emb:
-            loss = loss + cfg.distill_weight * F.mse_loss(emb.float(), t_emb.float())
+            loss = loss + cfg.distill_weight * distill_loss(emb, t_emb)
+    if emb.requires_grad:  # a frozen encoder (``freeze_teacher``) has nothing to learn here
         if cfg.group_weight > 0:
             loss = loss + cfg.group_weight * grouping_loss(emb, torch.stack(labels))
     return loss
@@ -357,11 +356,18 @@ def mask_distill_loss(
     return total / len(logits)
 
 
-def distill_loss(emb: torch.Tensor, x: torch.Tensor, teacher: ZooVictim) -> torch.Tensor:
-    """MSE between a student's image embeddings ``emb`` (B, C, h, w) and ``teacher``'s on
-    the same images ``x`` (B, 3, H, W) in [0, 1] (the teacher runs without gradients)."""
+def teacher_pass(
+    teacher: ZooVictim, x: torch.Tensor, prompts: Sequence[PromptSet] = ()
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``teacher``'s (image embeddings, mask logits per image for ``prompts``) on images
+    ``x`` (B, 3, H, W) in [0, 1], without gradients: the distillation targets."""
     with torch.no_grad():
-        t_emb = teacher.forward_train(x, [])[0]
+        return teacher.forward_train(x, list(prompts))
+
+
+def distill_loss(emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    """MSE between a student's image embeddings ``emb`` (B, C, h, w) and the teacher's
+    ``t_emb`` on the same images (:func:`teacher_pass`)."""
     return F.mse_loss(emb.float(), t_emb.float())
 
 
@@ -441,14 +447,14 @@ def train(
         )
     if cfg.mask_distill < 0:
         raise ConfigError(f"zoo train {name}: --mask-distill must be >= 0 (0: off)")
-    if (cfg.freeze_teacher or cfg.distill_steps or cfg.mask_distill) and not cfg.teacher:
-        what, undo = (
-            ("--freeze-teacher", "--no-freeze-teacher")
-            if cfg.freeze_teacher
-            else ("--distill-steps", "--distill-steps 0")
-            if cfg.distill_steps
-            else ("--mask-distill", "--mask-distill 0")
-        )
+    needs_teacher = [
+        (cfg.freeze_teacher, "--freeze-teacher", "--no-freeze-teacher"),
+        (cfg.distill_steps, "--distill-steps", "--distill-steps 0"),
+        (cfg.mask_distill, "--mask-distill", "--mask-distill 0"),
+    ]
+    first = next(((w, u) for on, w, u in needs_teacher if on), None)
+    if first and not cfg.teacher:
+        what, undo = first
         raise ConfigError(
             f"zoo train {name}: {what} needs a teacher; name one with --teacher or add {undo}"
         )
@@ -664,7 +670,7 @@ def _fit(
             with autocast(device, cfg.amp):
                 if distilling:
                     emb = victim.forward_train(x[part], [])[0]
-                    micro = share * distill_loss(emb, x[part], teacher)
+                    micro = share * distill_loss(emb, teacher_pass(teacher, x[part])[0])
                 else:
                     micro = share * step_loss(
                         victim, x[part], prompt_sets[part], labs[part], targets[part], cfg, teacher
