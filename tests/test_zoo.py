@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -290,6 +291,16 @@ def test_zoo_train_resumes_an_interrupted_run_bit_identically(tmp_path, monkeypa
     assert "other training settings (steps 4 then, 5 now" in cap.err
     assert "loading" not in cap.out  # refused before the training data is loaded
     assert main([*args, "--out", str(tmp_path / "c"), "--resume"]) == 2  # nothing to resume
+    # another thread count (a host with more or fewer cores) resumes, approximately,
+    # and says so on the card
+    out_t = tmp_path / "t"
+    shutil.copytree(out_b, out_t)
+    capsys.readouterr()
+    assert main([*args, "--out", str(out_t), "--resume", "--threads", "1"]) == 0
+    assert "--threads 1 now, 2 before step 2: the run continues approximately" in (
+        capsys.readouterr().out
+    )
+    assert "continued approximately at step 2 " in (out_t / "zoo-vit-sam.md").read_text()
 
     counted = []
 
@@ -397,7 +408,7 @@ def test_compact_training_state_carries_a_run_to_another_machine(tmp_path, capsy
     assert not compact.exists()  # removed with the full state at the end
     # the card and the weights say the command does not reproduce them exactly
     card = (out / "zoo-vit-sam.md").read_text()
-    assert "continued approximately from a compact training state at step 1 " in card
+    assert "continued approximately at step 1 (moved to another machine: from a compact" in card
     assert "continued approximately" not in (tmp_path / "a" / "zoo-vit-sam.md").read_text()
     with safe_open(str(out / "zoo-vit-sam.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["approximate_resumes"]) == [1]

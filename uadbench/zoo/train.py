@@ -380,7 +380,8 @@ class TrainResult:
     config: TrainConfig
     eval: dict[str, Any] | None
     params: int
-    approximate_resumes: tuple[int, ...] = ()  # steps continued from a compact state
+    # steps continued from a compact state or on another thread count
+    approximate_resumes: tuple[int, ...] = ()
     device: str = "cpu"
 
 
@@ -652,6 +653,13 @@ def _fit(
             )
         else:
             say(f"resuming at step {start}/{total} from {state_path}")
+        if "threads_then" in resume_state:
+            if not approx or approx[-1] != start:
+                approx += (start,)
+            say(
+                f"--threads {cfg.threads} now, {resume_state['threads_then']} before step "
+                f"{start}: the run continues approximately (float sums in another order)"
+            )
     for step in range(start, total):
         distilling = step < cfg.distill_steps
         n_img = cfg.distill_batch if distilling else cfg.batch_images
@@ -807,6 +815,11 @@ def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     except (TypeError, ValueError):
         saved = None
     now = dataclasses.asdict(cfg)
+    # the thread count only reorders float sums: a run may move to a host with more or
+    # fewer cores, continuing approximately (like the compact state; see train())
+    if saved is not None and saved["threads"] != now["threads"]:
+        state["threads_then"] = saved["threads"]
+        saved["threads"] = now["threads"]
     if saved != now:
         diff = (
             ", ".join(f"{k} {saved[k]!r} then, {v!r} now" for k, v in now.items() if saved[k] != v)
@@ -1027,9 +1040,9 @@ def _approx_line(steps: tuple[int, ...]) -> str:
         return ""
     at = ", ".join(str(s) for s in steps)
     return (
-        f"- continued approximately from a compact training state at step {at} (moved to "
-        "another machine: momentum restarted, second moments in bfloat16), so the command "
-        "above gives close, not identical, weights\n"
+        f"- continued approximately at step {at} (moved to another machine: from a compact "
+        "training state, whose momentum restarts and second moments are bfloat16, or on "
+        "another --threads), so the command above gives close, not identical, weights\n"
     )
 
 
