@@ -644,8 +644,10 @@ def _fit(
     if resume_state is not None:
         start, run_loss, before = restore_train_state(resume_state, model, opt, rng)
         approx = tuple(resume_state.get("approximate_resumes", ()))
+        threads_then = resume_state.get("threads_then")  # set by read_train_state
+        if resume_state.get("compact") or threads_then is not None:
+            approx += (start,)  # once, whichever of the two made it approximate
         if resume_state.get("compact"):
-            approx += (start,)
             say(
                 f"resuming approximately at step {start}/{total} from the compact state "
                 f"{compact_state_path(state_path)} (no full state {state_path.name}): weights "
@@ -653,11 +655,9 @@ def _fit(
             )
         else:
             say(f"resuming at step {start}/{total} from {state_path}")
-        if "threads_then" in resume_state:
-            if not approx or approx[-1] != start:
-                approx += (start,)
+        if threads_then is not None:
             say(
-                f"--threads {cfg.threads} now, {resume_state['threads_then']} before step "
+                f"--threads {cfg.threads} now, {threads_then} before step "
                 f"{start}: the run continues approximately (float sums in another order)"
             )
     for step in range(start, total):
@@ -816,7 +816,7 @@ def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         saved = None
     now = dataclasses.asdict(cfg)
     # the thread count only reorders float sums: a run may move to a host with more or
-    # fewer cores, continuing approximately (like the compact state; see train())
+    # fewer cores, continuing approximately (like the compact state; see _fit)
     if saved is not None and saved["threads"] != now["threads"]:
         state["threads_then"] = saved["threads"]
         saved["threads"] = now["threads"]
