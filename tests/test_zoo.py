@@ -598,6 +598,34 @@ def test_zoo_mask_logits_decode_prompt_batch_prompts_per_call(name, zoo_victims)
     assert_mask_logits_in_prompt_batches(zoo_victims[name])
 
 
+def test_zoo_eval_threads_runs_the_evaluation_on_that_many_threads(capsys, monkeypatch):
+    """`zoo eval --threads 1` (beside a training on the other core) evaluates on one torch
+    thread, gives the default run's numbers, and leaves the process's thread count as it
+    was; a non-positive count is a one-line error."""
+    from uadbench.zoo import train as zoo_train
+
+    seen = []
+    real = zoo_train.evaluate
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(zoo_train, "evaluate", spy)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    assert main(["zoo", "eval", "zoo-vit-sam", "--n", "1", "--threads", str(other)]) == 0
+    with_threads = capsys.readouterr().out
+    assert main(["zoo", "eval", "zoo-vit-sam", "--n", "1"]) == 0
+    default = capsys.readouterr().out
+    assert seen == [other, before] and torch.get_num_threads() == before
+    assert re.sub(r"\(\d+s\)", "", with_threads) == re.sub(r"\(\d+s\)", "", default)
+    assert "points" in default
+    assert main(["zoo", "eval", "zoo-vit-sam", "--n", "1", "--threads", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--threads 0" in err and seen == [other, before]
+
+
 def test_unknown_zoo_name_says_did_you_mean(capsys):
     assert main(["zoo", "eval", "zoo-vitsam", "--n", "1"]) == 2
     err = capsys.readouterr().err.strip()

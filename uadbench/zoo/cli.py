@@ -9,7 +9,8 @@ ZOO_EPILOG = """examples:
   uadbench zoo train zoo-vit-sam --out zoo-models          # ~2.5 h on two CPU cores
   uadbench zoo train zoo-vit-sam --seed 1 --steps 300 --out /tmp/zoo
   uadbench zoo eval zoo-vit-sam                            # the shipped weights, 200 held-out scenes
-  uadbench zoo eval zoo-vit-sam --checkpoint zoo-models/zoo-vit-sam.safetensors --n 100"""
+  uadbench zoo eval zoo-vit-sam --checkpoint zoo-models/zoo-vit-sam.safetensors --n 100
+  uadbench zoo eval zoo-hf-sam --threads 1                 # beside a training on the other core"""
 
 
 def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -177,6 +178,12 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the test scenes and prompts")
     e.add_argument("--device", default="cpu")
+    e.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 beside a training on a 2-core machine)",
+    )
     e.set_defaults(func=cmd_zoo_eval)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -238,12 +245,23 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..errors import UadbenchError
     from .train import evaluate, zoo_class
 
     zoo_class(args.name)
-    r = evaluate(
-        args.name, checkpoint=args.checkpoint, n=args.n, seed=args.seed, device=args.device
-    )
+    if args.threads is not None and args.threads < 1:
+        raise UadbenchError(f"--threads {args.threads}: give a positive number of CPU threads")
+    before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        r = evaluate(
+            args.name, checkpoint=args.checkpoint, n=args.n, seed=args.seed, device=args.device
+        )
+    finally:
+        torch.set_num_threads(before)
     print(
         f"{args.name}: clean mIoU on {r['n_images']} held-out synthetic scenes ({r['n_prompts']} prompts): "
         f"points {r['miou_point']:.1f}, boxes {r['miou_box']:.1f}, all {r['miou']:.1f} ({r['seconds']:.0f}s)"
