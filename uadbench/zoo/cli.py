@@ -245,23 +245,16 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from ..errors import UadbenchError
-    from .train import evaluate, zoo_class
+    from .train import evaluate, torch_threads, zoo_class
 
     zoo_class(args.name)
     if args.threads is not None and args.threads < 1:
         raise UadbenchError(f"--threads {args.threads}: give a positive number of CPU threads")
-    before = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         r = evaluate(
             args.name, checkpoint=args.checkpoint, n=args.n, seed=args.seed, device=args.device
         )
-    finally:
-        torch.set_num_threads(before)
     print(
         f"{args.name}: clean mIoU on {r['n_images']} held-out synthetic scenes ({r['n_prompts']} prompts): "
         f"points {r['miou_point']:.1f}, boxes {r['miou_box']:.1f}, all {r['miou']:.1f} ({r['seconds']:.0f}s)"

@@ -30,6 +30,7 @@ Recipe (same for every zoo model; per-model step counts in :data:`RECIPES`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import io
@@ -39,7 +40,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,19 @@ class TrainingPaused(Exception):
     def __init__(self, path: Path, step: int, total: int):
         super().__init__(f"paused at step {step}/{total}; state in {path}")
         self.path, self.step, self.total = path, step, total
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on ``n`` torch CPU threads (``None`` or ``n <= 0``: leave the count as it
+    is), then restore the process's count, also on an error."""
+    prev = torch.get_num_threads()
+    if n is not None and n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def zoo_class(name: str) -> type[ZooVictim]:
@@ -462,33 +476,30 @@ def train(
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda s: log.info("%s", s))
-    prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     state_path = train_state_path(out, name)
     try:
-        # a state that cannot be resumed fails now, not after loading the data
-        resume_state = read_train_state(state_path, cfg) if resume else None
-        say(
-            f"loading {cfg.train_images} synthetic training scenes (seed {cfg.data_seed}, {cfg.image_size}px)"
-        )
-        data = load_training_set(cfg.train_images, cfg.data_seed, cfg.image_size)
-        t0 = time.perf_counter()
-        teacher = None
-        if cfg.teacher:
-            tcls = zoo_class(cfg.teacher)
-            ck = str(teacher_checkpoint) if teacher_checkpoint else None
-            teacher = tcls(tcls.Config(checkpoint=ck), device=str(dev))
-            _ = teacher.model  # load now: a missing teacher fails before training
-        deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
-        model, before, approx = _fit(
-            cls, data, cfg, say, teacher, state_path, resume_state, save_every, deadline, dev
-        )
-        seconds = before + time.perf_counter() - t0
+        with torch_threads(cfg.threads):
+            # a state that cannot be resumed fails now, not after loading the data
+            resume_state = read_train_state(state_path, cfg) if resume else None
+            say(
+                f"loading {cfg.train_images} synthetic training scenes (seed {cfg.data_seed}, {cfg.image_size}px)"
+            )
+            data = load_training_set(cfg.train_images, cfg.data_seed, cfg.image_size)
+            t0 = time.perf_counter()
+            teacher = None
+            if cfg.teacher:
+                tcls = zoo_class(cfg.teacher)
+                ck = str(teacher_checkpoint) if teacher_checkpoint else None
+                teacher = tcls(tcls.Config(checkpoint=ck), device=str(dev))
+                _ = teacher.model  # load now: a missing teacher fails before training
+            deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+            model, before, approx = _fit(
+                cls, data, cfg, say, teacher, state_path, resume_state, save_every, deadline, dev
+            )
+            seconds = before + time.perf_counter() - t0
     finally:
-        torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
     weights = out / f"{name}.safetensors"
     meta = {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
