@@ -921,6 +921,22 @@ def test_bf16_autocast_training_changes_the_numbers_reproducibly(tmp_path, capsy
     assert "\n" not in err and "amp '' then, 'bf16' now" in err
 
 
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_zoo_model_trains_under_bf16_autocast(name, tmp_path):
+    """--amp bf16 is a flag of every zoo model, not only of the one it was measured on: a
+    step under autocast runs and moves the weights (zoo-hf-sam's prompt encoder used to hand
+    back bfloat16 into a float32 buffer and stop the run)."""
+    from safetensors.torch import load_file
+
+    args = _tiny_train_args(tmp_path, "--amp", "bf16", "--steps", "1")
+    args[2] = name
+    assert main(args) == 0
+    got = load_file(str(tmp_path / f"{name}.safetensors"))
+    torch.manual_seed(3)
+    start = {k: v.half() for k, v in ZOO[name].new_model().state_dict().items()}
+    assert any(not torch.equal(got[k], start[k]) for k in got if k in start)
+
+
 @pytest.mark.parametrize(
     ("device", "says"), [("cuda", "sees no CUDA GPU"), ("gpu0", "is not a torch device")]
 )

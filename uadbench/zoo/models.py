@@ -660,11 +660,11 @@ class ZooHFSam(ZooVictim):
             pts = (coords[pidx, :2] * scale)[None, :, None, :].to(self.dtype)
             labels = torch.as_tensor(prompts.labels[pidx], device=self.device)[None, :, None]
             s, _ = pe(input_points=pts, input_labels=labels, input_boxes=None, input_masks=None)
-            sparse[:, pidx] = s
+            sparse[:, pidx] = s.to(sparse.dtype)  # autocast may hand back bf16
         if len(bidx):
             boxes = (coords[bidx] * scale.repeat(2))[None].to(self.dtype)
             s, _ = pe(input_points=None, input_labels=None, input_boxes=boxes, input_masks=None)
-            sparse[:, bidx] = s
+            sparse[:, bidx] = s.to(sparse.dtype)
         # dense prompt maps through the mask-prompt embedding, as in the other zoo models;
         # the decoder's batch runs over prompts (one prompt each) so each gets its own map
         n = len(prompts)
