@@ -884,12 +884,21 @@ def test_zoo_train_init_continues_from_the_given_weights(tmp_path, capsys):
     assert "\n" not in err and str(missing) in err and not (tmp_path / "c").exists()
 
 
-def _tiny_train_args(out: Path, *extra: str) -> list[str]:
+def _tiny_train_args(
+    out: Path, *extra: str, name: str = "zoo-tinyvit-sam", steps: int = 2
+) -> list[str]:
     return [
-        *("zoo", "train", "zoo-tinyvit-sam", "--teacher", "none", "--steps", "2"),
+        *("zoo", "train", name, "--teacher", "none", "--steps", str(steps)),
         *("--train-images", "3", "--batch-images", "2", "--prompts", "4", "--eval-images", "0"),
         *("--seed", "3", "--out", str(out), *extra),
     ]
+
+
+def _tiny_train_start(name: str) -> dict[str, torch.Tensor]:
+    """The float weights (as float16, as saved) a ``_tiny_train_args`` run starts from."""
+    torch.manual_seed(3)
+    init = ZOO[name].new_model().state_dict()
+    return {k: v.half() for k, v in init.items() if v.is_floating_point()}
 
 
 def test_bf16_autocast_training_changes_the_numbers_reproducibly(tmp_path, capsys):
@@ -902,9 +911,7 @@ def test_bf16_autocast_training_changes_the_numbers_reproducibly(tmp_path, capsy
     for tag, extra in [("fp32", ()), ("bf16", ("--amp", "bf16")), ("again", ("--amp", "bf16"))]:
         assert main(_tiny_train_args(tmp_path / tag, *extra)) == 0
         runs[tag] = load_file(str(tmp_path / tag / "zoo-tinyvit-sam.safetensors"))
-    init = ZOO["zoo-tinyvit-sam"].new_model  # the same seed's starting point
-    torch.manual_seed(3)
-    start = {k: v.half() for k, v in init().state_dict().items() if v.is_floating_point()}
+    start = _tiny_train_start("zoo-tinyvit-sam")
     moved = [k for k in start if not torch.equal(runs["bf16"][k], start[k])]
     assert len(moved) > len(start) // 2
     assert any(not torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in start)
@@ -928,12 +935,9 @@ def test_every_zoo_model_trains_under_bf16_autocast(name, tmp_path):
     back bfloat16 into a float32 buffer and stop the run)."""
     from safetensors.torch import load_file
 
-    args = _tiny_train_args(tmp_path, "--amp", "bf16", "--steps", "1")
-    args[2] = name
-    assert main(args) == 0
+    assert main(_tiny_train_args(tmp_path, "--amp", "bf16", name=name, steps=1)) == 0
     got = load_file(str(tmp_path / f"{name}.safetensors"))
-    torch.manual_seed(3)
-    start = {k: v.half() for k, v in ZOO[name].new_model().state_dict().items()}
+    start = _tiny_train_start(name)
     assert any(not torch.equal(got[k], start[k]) for k in got if k in start)
 
 
