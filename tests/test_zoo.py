@@ -28,7 +28,14 @@ from uadbench.eval.prompts import PromptSet, sample_prompts
 from uadbench.victims import VICTIMS
 from uadbench.zoo import ZOO_NAMES
 from uadbench.zoo.models import ZOO, shipped_weights
-from uadbench.zoo.train import compact_state_path, image_blind, score_with_grey
+from uadbench.zoo.train import (
+    TrainConfig,
+    compact_state_path,
+    image_blind,
+    score_with_grey,
+    train,
+    weights_metadata,
+)
 
 MAX_BYTES = 8 * 1024 * 1024
 #: box-prompt mIoU (%) a shipped model must reach on the 4 held-out scenes: the untrained
@@ -975,3 +982,97 @@ def test_zoo_train_on_cuda_matches_the_cpu_run_closely(tmp_path):
     assert main([*half, "--device", "cuda"]) == 0
     assert main([*half, "--resume"]) == 0
     assert (tmp_path / "p" / "zoo-tinyvit-sam.safetensors").exists()
+
+
+def _rounds_recipe() -> TrainConfig:
+    """A tiny recipe in two rounds: the second a bf16 warm restart at another lr and batch."""
+    return TrainConfig(
+        steps=2,
+        train_images=3,
+        batch_images=2,
+        prompts_per_image=4,
+        seed=3,
+        then=(TrainConfig(steps=2, lr=5e-4, batch_images=1, prompts_per_image=2, amp="bf16"),),
+    )
+
+
+def test_a_recipe_in_rounds_gives_the_weights_of_its_rounds_run_one_by_one(tmp_path):
+    """A recipe in rounds (TrainConfig.then) ends with exactly the weights of its first
+    round followed by an --init warm restart of its second (seed, data and teacher the
+    run's); the second round changes them; the card lists both rounds; the weights record
+    the whole recipe; the per-round directories are gone."""
+    from safetensors.torch import load_file
+
+    name = "zoo-tinyvit-sam"
+    cfg = _rounds_recipe()
+    res = train(name, cfg, tmp_path / "rounds", eval_images=0)
+    first = train(name, dataclasses.replace(cfg, then=()), tmp_path / "one", eval_images=0)
+    second_cfg = dataclasses.replace(cfg.then[0], seed=3, train_images=3, init=str(first.weights))
+    second = train(name, second_cfg, tmp_path / "two", eval_images=0)
+    got, w1, w2 = (load_file(str(p)) for p in (res.weights, first.weights, second.weights))
+    assert got.keys() == w2.keys()
+    assert all(torch.equal(got[k], w2[k]) for k in w2)
+    assert any(not torch.equal(got[k], w1[k]) for k in w1)
+    assert [r.config.steps for r in res.rounds] == [2, 2]
+    assert res.seconds == pytest.approx(sum(r.seconds for r in res.rounds))
+    assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == [
+        f"{name}.md",
+        f"{name}.safetensors",
+    ]
+    card = (tmp_path / "rounds" / f"{name}.md").read_text()
+    assert "trained in 2 rounds" in card
+    assert "1. 2 prompted steps × 2 images × 4 prompts (peak lr 0.002)" in card
+    assert "2. 2 prompted steps × 1 images × 2 prompts (peak lr 0.0005, bf16 autocast)" in card
+    meta = weights_metadata(res.weights)
+    saved = json.loads(meta["train_config"])
+    assert saved["steps"] == 2 and [r["lr"] for r in saved["then"]] == [5e-4]
+    assert saved["then"][0]["seed"] == 3  # as trained: the run's seed
+
+
+def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypatch, capsys):
+    """`zoo train NAME` of a recipe in rounds split into time-boxed shares — one pausing
+    inside round 1, one at the first step of round 2 — ends with the uninterrupted run's
+    weights, and a resume keeps the finished round instead of training it again. A flag
+    that reshapes a round trains the first round alone and says so; --seed reaches every
+    round."""
+    from safetensors.torch import load_file
+
+    from uadbench.zoo import train as zoo_train
+
+    name = "zoo-tinyvit-sam"
+    monkeypatch.setitem(zoo_train.RECIPES, name, dataclasses.replace(_rounds_recipe(), seed=0))
+    args = ["zoo", "train", name, "--seed", "3", "--eval-images", "0", "--save-every", "1"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = load_file(str(tmp_path / "whole" / f"{name}.safetensors"))
+    out = tmp_path / "shares"
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--max-minutes", "1e-9"]) == 0
+    assert "paused after --max-minutes 1e-09 at step 1/4" in capsys.readouterr().out
+    assert main([*args, "--out", str(out), "--resume", "--max-minutes", "1e-9"]) == 0
+    text = capsys.readouterr().out
+    assert "round 2/2: 2 prompted steps" in text and "at step 3/4" in text
+    assert (out / f"{name}.round-1" / f"{name}.safetensors").is_file()
+    calls = []
+    real = zoo_train.seg_loss
+    monkeypatch.setattr(zoo_train, "seg_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert "round 1/2: finished before" in capsys.readouterr().out
+    assert len(calls) == 1  # the last step of round 2, 1 image: round 1 not trained again
+    shares = load_file(str(out / f"{name}.safetensors"))
+    assert all(torch.equal(shares[k], whole[k]) for k in whole)
+    assert not (out / f"{name}.round-1").exists()
+
+    # a round's weights from other settings are not taken as finished
+    out_x = tmp_path / "other"
+    assert main([*args, "--out", str(out_x), "--max-minutes", "1e-9"]) == 0
+    assert main([*args, "--out", str(out_x), "--resume", "--max-minutes", "1e-9"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(out_x), "--resume", "--seed", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "round-1" in err and "other settings" in err
+
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "one"), "--steps", "1"]) == 0
+    assert "trains its first round only" in capsys.readouterr().out
+    saved = json.loads(weights_metadata(tmp_path / "one" / f"{name}.safetensors")["train_config"])
+    assert saved["then"] == [] and saved["steps"] == 1 and saved["seed"] == 3

@@ -10,7 +10,12 @@ ZOO_EPILOG = """examples:
   uadbench zoo train zoo-vit-sam --seed 1 --steps 300 --out /tmp/zoo
   uadbench zoo eval zoo-vit-sam                            # the shipped weights, 200 held-out scenes
   uadbench zoo eval zoo-vit-sam --checkpoint zoo-models/zoo-vit-sam.safetensors --n 100
-  uadbench zoo eval zoo-hf-sam --threads 1                 # beside a training on the other core"""
+  uadbench zoo eval zoo-hf-sam --threads 1                 # beside a training on the other core
+
+A recipe in rounds (each round a warm restart from the weights of the one before) trains
+all of them; --resume keeps the finished rounds. A flag that reshapes a round (--steps,
+--lr, --distill-steps, ...) trains the first round alone; --seed, --threads, --data-seed,
+--train-images and --teacher reach every round."""
 
 
 def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -188,8 +193,20 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+#: the flag of a TrainConfig field where the names differ
+FLAG_OF = {"prompts_per_image": "prompts", "group_weight": "group_loss"}
+
+
 def cmd_zoo_train(args: argparse.Namespace) -> int:
-    from .train import RECIPES, TrainConfig, TrainingPaused, compact_state_path, train, zoo_class
+    from .train import (
+        RECIPES,
+        RUN_WIDE,
+        TrainConfig,
+        TrainingPaused,
+        compact_state_path,
+        train,
+        zoo_class,
+    )
 
     zoo_class(args.name)
     cfg = RECIPES.get(args.name, TrainConfig())
@@ -214,7 +231,17 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         if args.teacher is None
         else ("" if args.teacher.lower() == "none" else args.teacher),
     }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    reshaped = sorted(set(given) - set(RUN_WIDE) - {"init"})
+    if cfg.then and reshaped:
+        # a recipe in rounds with a flag that reshapes a round: train that one round
+        print(
+            f"{args.name}'s recipe trains in {len(cfg.then) + 1} rounds; with "
+            f"{', '.join('--' + FLAG_OF.get(k, k).replace('_', '-') for k in reshaped)} this "
+            "trains its first round only, changed so"
+        )
+        cfg = dataclasses.replace(cfg, then=())
+    cfg = dataclasses.replace(cfg, **given)
     try:
         res = train(
             args.name,

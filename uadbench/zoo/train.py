@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -104,6 +105,33 @@ class TrainConfig:
     #: student's mask logits and the teacher's mask probabilities for the same prompts, in
     #: the prompted steps (beside the ground-truth loss); 0 = off
     mask_distill: float = 0.0
+    #: a recipe in rounds: the warm restarts that follow this run, in order, each starting
+    #: from the weights the one before it ended with (as ``init``), with a fresh optimizer,
+    #: warm-up and schedule (:func:`round_configs`) — e.g. a second decoupled distillation
+    #: once the first one's cosine has run out. Their seed, data, threads and teacher are
+    #: this run's; () = one round
+    then: tuple[TrainConfig, ...] = ()
+
+
+#: the settings every round of a recipe in rounds (``TrainConfig.then``) takes from the
+#: first: what makes the rounds one run (``zoo train --seed`` etc. reach all of them)
+RUN_WIDE = ("seed", "train_images", "data_seed", "image_size", "threads", "teacher", "log_every")
+
+
+def round_configs(cfg: TrainConfig) -> list[TrainConfig]:
+    """The rounds of ``cfg`` as one-round configs: ``cfg`` itself, then each of
+    ``cfg.then`` with the run-wide settings (:data:`RUN_WIDE`) of ``cfg``. The ``init`` of a
+    later round is set when it starts (the weights file of the round before)."""
+    run = {f: getattr(cfg, f) for f in RUN_WIDE}
+    return [dataclasses.replace(cfg, then=())] + [
+        dataclasses.replace(r, then=(), **run) for r in cfg.then
+    ]
+
+
+def config_json(cfg: TrainConfig) -> Any:
+    """``cfg`` as its JSON value (what training states and weights record), so that a
+    saved config and a live one compare equal when their settings are."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 #: default training settings per zoo model. zoo-vit-sam trains from scratch; the others are
@@ -397,6 +425,8 @@ class TrainResult:
     # steps continued from a compact state or on another thread count
     approximate_resumes: tuple[int, ...] = ()
     device: str = "cpu"
+    #: a recipe in rounds (``TrainConfig.then``): each round's result, in order
+    rounds: tuple[TrainResult, ...] = ()
 
 
 def train(
@@ -429,53 +459,38 @@ def train(
     share of a run that ``resume`` continues.
 
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …) holds the model, teacher and batches;
-    the training state is saved device-independently and resumes on any device."""
+    the training state is saved device-independently and resumes on any device.
+
+    A recipe in rounds (``config.then``, :func:`round_configs`) trains round after round,
+    each a warm restart from the weights of the one before: round ``k``'s weights, card and
+    training state go to ``<out_dir>/<name>.round-<k>/`` (removed at the end), the last
+    round's to ``out_dir``; ``resume`` keeps the rounds that finished and continues the one
+    that did not. The weights are those of the rounds run one by one with ``init``."""
     cls = zoo_class(name)
     cfg = config or RECIPES.get(name, TrainConfig())
-    no_steps = cfg.steps < 1 and not (cfg.steps == 0 and cfg.distill_steps > 0)
-    if no_steps or cfg.batch_images < 1 or cfg.prompts_per_image < 2 or cfg.train_images < 1:
-        raise ConfigError(
-            f"zoo train {name}: steps, batch_images, train_images must be >= 1, prompts >= 2 "
-            "(steps may be 0 after --distill-steps)"
-        )
-    if cfg.distill_steps < 0 or (cfg.distill_steps and cfg.distill_batch < 1):
-        raise ConfigError(f"zoo train {name}: --distill-steps must be >= 0, --distill-batch >= 1")
-    if cfg.distill_lr < 0 or cfg.lr <= 0:
-        raise ConfigError(f"zoo train {name}: --lr must be > 0 and --distill-lr >= 0 (0: --lr)")
-    if cfg.init and not Path(cfg.init).expanduser().is_file():
-        raise ConfigError(
-            f"zoo train {name}: --init {cfg.init}: no such weights file; give the "
-            f"{name}.safetensors a previous `zoo train {name}` wrote"
-        )
-    if cfg.amp not in AMP_DTYPES:
-        raise ConfigError(
-            f"zoo train {name}: --amp {cfg.amp!r} is not one of "
-            f"{', '.join(repr(a) for a in AMP_DTYPES)}"
-        )
+    rounds = round_configs(cfg)
+    for r in rounds:  # every round's settings fail now, not after the first rounds trained
+        check_config(name, r)
     dev = check_device(device, f"zoo train {name}")
     if max_minutes is not None and max_minutes <= 0:
         raise ConfigError(f"zoo train {name}: --max-minutes must be > 0, got {max_minutes:g}")
-    if cfg.freeze_teacher and cfg.distill_steps:
-        raise ConfigError(
-            f"zoo train {name}: --distill-steps trains the encoder, which --freeze-teacher "
-            "freezes; drop one of them"
-        )
-    if cfg.mask_distill < 0:
-        raise ConfigError(f"zoo train {name}: --mask-distill must be >= 0 (0: off)")
-    needs_teacher = [
-        (cfg.freeze_teacher, "--freeze-teacher", "--no-freeze-teacher"),
-        (cfg.distill_steps, "--distill-steps", "--distill-steps 0"),
-        (cfg.mask_distill, "--mask-distill", "--mask-distill 0"),
-    ]
-    first = next(((w, u) for on, w, u in needs_teacher if on), None)
-    if first and not cfg.teacher:
-        what, undo = first
-        raise ConfigError(
-            f"zoo train {name}: {what} needs a teacher; name one with --teacher or add {undo}"
-        )
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda s: log.info("%s", s))
+    if len(rounds) > 1:
+        return _train_rounds(
+            name,
+            cfg,
+            out,
+            eval_images,
+            eval_seed,
+            say,
+            teacher_checkpoint,
+            resume,
+            save_every,
+            max_minutes,
+            device,
+        )
+    out.mkdir(parents=True, exist_ok=True)
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     state_path = train_state_path(out, name)
@@ -502,7 +517,11 @@ def train(
     finally:
         torch.use_deterministic_algorithms(prev_det)
     weights = out / f"{name}.safetensors"
-    meta = {"name": name, "train_config": json.dumps(dataclasses.asdict(cfg))}
+    meta = {
+        "name": name,
+        "train_config": json.dumps(dataclasses.asdict(cfg)),
+        "train_seconds": f"{seconds:.1f}",
+    }
     if approx:
         meta["approximate_resumes"] = json.dumps(approx)
     save_weights(model, weights, meta)
@@ -523,6 +542,158 @@ def train(
         )
     write_card(result)
     return result
+
+
+def round_dir(out: Path, name: str, k: int) -> Path:
+    """Where round ``k`` (not the last) of a recipe in rounds keeps its files."""
+    return out / f"{name}.round-{k}"
+
+
+def weights_metadata(path: Path) -> dict[str, str]:
+    """The metadata :func:`train` wrote into a weights file (``train_config`` etc.)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _finished_round(name: str, weights: Path, cfg: TrainConfig, offset: int) -> TrainResult:
+    """The result of a round whose weights a previous, interrupted run left, checked to be
+    this round's (a :class:`ConfigError` otherwise)."""
+    meta = weights_metadata(weights)
+    try:
+        saved = json.loads(meta["train_config"])
+    except (KeyError, ValueError):
+        saved = None
+    if saved != config_json(cfg):
+        raise ConfigError(
+            f"--resume: {weights} was trained with other settings than this round's; rerun "
+            f"with the same flags as the interrupted run, or delete {weights.parent} to "
+            "train the round again"
+        )
+    approx = tuple(offset + s for s in json.loads(meta.get("approximate_resumes", "[]")))
+    seconds = float(meta.get("train_seconds", 0.0))
+    return TrainResult(name, weights, weights.with_suffix(".md"), seconds, cfg, None, 0, approx)
+
+
+def _train_rounds(
+    name: str,
+    cfg: TrainConfig,
+    out: Path,
+    eval_images: int,
+    eval_seed: int,
+    say: Callable[[str], None],
+    teacher_checkpoint: str | Path | None,
+    resume: bool,
+    save_every: int,
+    max_minutes: float | None,
+    device: str,
+) -> TrainResult:
+    """:func:`train` of a recipe in rounds (see there)."""
+    rounds = round_configs(cfg)
+    cfg = dataclasses.replace(cfg, then=tuple(rounds[1:]))  # as trained, run-wide settings in
+    n = len(rounds)
+    deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    done: list[TrainResult] = []
+    init, offset = rounds[0].init, 0
+    for k, r in enumerate(rounds, 1):
+        r = dataclasses.replace(r, init=init)
+        last = k == n
+        where = out if last else round_dir(out, name, k)
+        weights = where / f"{name}.safetensors"
+        if resume and not last and weights.is_file():
+            done.append(_finished_round(name, weights, r, offset))
+            say(f"round {k}/{n}: finished before ({weights})")
+        else:
+            say(f"round {k}/{n}: {_round_text(r)}")
+            # the first round resumes as a one-round run would (nothing to resume: an
+            # error); a later one starts afresh when the run stopped before it saved a state
+            again = resume and (k == 1 or resumable_state(train_state_path(where, name)))
+            left = None if deadline is None else max(deadline - time.perf_counter(), 1e-6) / 60
+            try:
+                res = train(
+                    name, r, where, eval_images if last else 0, eval_seed, say,
+                    teacher_checkpoint, bool(again), save_every, left, device,
+                )  # fmt: skip
+            except TrainingPaused as p:
+                total = sum(x.distill_steps + x.steps for x in rounds)
+                raise TrainingPaused(p.path, offset + p.step, total) from None
+            res.approximate_resumes = tuple(offset + s for s in res.approximate_resumes)
+            done.append(res)
+        init, offset = str(weights), offset + r.distill_steps + r.steps
+    final = done[-1]
+    result = dataclasses.replace(
+        final,
+        seconds=sum(x.seconds for x in done),
+        config=cfg,
+        approximate_resumes=tuple(s for x in done for s in x.approximate_resumes),
+        rounds=tuple(done),
+    )
+    # the weights record the whole recipe, as a one-round run's record its settings
+    meta = weights_metadata(final.weights)
+    meta["train_config"] = json.dumps(dataclasses.asdict(cfg))
+    meta["train_seconds"] = f"{result.seconds:.1f}"
+    if result.approximate_resumes:
+        meta["approximate_resumes"] = json.dumps(result.approximate_resumes)
+    _rewrite_metadata(final.weights, meta)
+    write_card(result)
+    for k in range(1, n):  # only now: the final weights and card are on disk
+        shutil.rmtree(round_dir(out, name, k), ignore_errors=True)
+    return result
+
+
+def _rewrite_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace a safetensors file's metadata, tensors unchanged, atomically."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
+def check_config(name: str, cfg: TrainConfig) -> None:
+    """A :class:`ConfigError` saying what to change when one round's settings ``cfg`` cannot
+    train zoo model ``name``."""
+    no_steps = cfg.steps < 1 and not (cfg.steps == 0 and cfg.distill_steps > 0)
+    if no_steps or cfg.batch_images < 1 or cfg.prompts_per_image < 2 or cfg.train_images < 1:
+        raise ConfigError(
+            f"zoo train {name}: steps, batch_images, train_images must be >= 1, prompts >= 2 "
+            "(steps may be 0 after --distill-steps)"
+        )
+    if cfg.distill_steps < 0 or (cfg.distill_steps and cfg.distill_batch < 1):
+        raise ConfigError(f"zoo train {name}: --distill-steps must be >= 0, --distill-batch >= 1")
+    if cfg.distill_lr < 0 or cfg.lr <= 0:
+        raise ConfigError(f"zoo train {name}: --lr must be > 0 and --distill-lr >= 0 (0: --lr)")
+    if cfg.init and not Path(cfg.init).expanduser().is_file():
+        raise ConfigError(
+            f"zoo train {name}: --init {cfg.init}: no such weights file; give the "
+            f"{name}.safetensors a previous `zoo train {name}` wrote"
+        )
+    if cfg.amp not in AMP_DTYPES:
+        raise ConfigError(
+            f"zoo train {name}: --amp {cfg.amp!r} is not one of "
+            f"{', '.join(repr(a) for a in AMP_DTYPES)}"
+        )
+    if cfg.freeze_teacher and cfg.distill_steps:
+        raise ConfigError(
+            f"zoo train {name}: --distill-steps trains the encoder, which --freeze-teacher "
+            "freezes; drop one of them"
+        )
+    if cfg.mask_distill < 0:
+        raise ConfigError(f"zoo train {name}: --mask-distill must be >= 0 (0: off)")
+    needs_teacher = [
+        (cfg.freeze_teacher, "--freeze-teacher", "--no-freeze-teacher"),
+        (cfg.distill_steps, "--distill-steps", "--distill-steps 0"),
+        (cfg.mask_distill, "--mask-distill", "--mask-distill 0"),
+    ]
+    first = next(((w, u) for on, w, u in needs_teacher if on), None)
+    if first and not cfg.teacher:
+        what, undo = first
+        raise ConfigError(
+            f"zoo train {name}: {what} needs a teacher; name one with --teacher or add {undo}"
+        )
 
 
 def init_from_teacher(
@@ -822,10 +993,10 @@ def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     try:
         # a field added since the state was saved counts at its default (which is what
         # that run effectively used)
-        saved = {**dataclasses.asdict(TrainConfig()), **json.loads(state.get("config", ""))}
+        saved = {**config_json(TrainConfig()), **json.loads(state.get("config", ""))}
     except (TypeError, ValueError):
         saved = None
-    now = dataclasses.asdict(cfg)
+    now = config_json(cfg)
     # the thread count only reorders float sums: a run may move to a host with more or
     # fewer cores, continuing approximately (like the compact state; see _fit)
     if saved is not None and saved["threads"] != now["threads"]:
@@ -965,7 +1136,7 @@ def train_command(name: str, cfg: TrainConfig) -> str:
         "mask_distill": "--mask-distill",
     }
     for field, flag in flags.items():
-        if getattr(cfg, field) != getattr(base, field) or field == "steps":
+        if getattr(cfg, field) != getattr(base, field) or (field == "steps" and not cfg.then):
             value = getattr(cfg, field)
             if isinstance(value, bool):
                 parts.append(flag if value else f"--no-{flag[2:]}")
@@ -973,7 +1144,69 @@ def train_command(name: str, cfg: TrainConfig) -> str:
                 parts.append(f"{flag} {value or 'off'}")
             else:
                 parts.append(f"{flag} {'none' if field == 'teacher' and not value else value}")
+    run = {f: getattr(cfg, f) for f in RUN_WIDE}
+    if round_configs(cfg)[1:] != round_configs(dataclasses.replace(base, **run))[1:]:
+        parts.append("(its rounds set in Python: no flag says them)")
     return " ".join(parts)
+
+
+def _schedule_lines(cls: type[ZooVictim], result: TrainResult) -> str:
+    """The card's lines on what was trained how: one round's settings, or the rounds of a
+    recipe in rounds, one line each."""
+    cfg = result.config
+    if not result.rounds:
+        return (
+            f"{_teacher_line(cfg)}{_init_line(cls, cfg)}- seed: {cfg.seed}; {cfg.steps} steps × "
+            f"{cfg.batch_images} images × {cfg.prompts_per_image} prompts\n"
+            f"  (half single positive points, half jittered boxes); BCE + dice on the low-res "
+            f"logits{_group_text(cfg)};\n  AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, "
+            f"warm-up then cosine{_amp_text(cfg)}\n"
+        )
+    first = result.rounds[0].config
+    lines = [
+        _teacher_line(dataclasses.replace(first, distill_steps=0, mask_distill=0)),
+        _init_line(cls, first),
+        f"- seed: {cfg.seed}; trained in {len(result.rounds)} rounds, each after the first a "
+        "warm restart from the weights the round before ended with (fresh AdamW, weight decay "
+        f"{cfg.weight_decay}; warm-up then cosine per phase):\n",
+    ]
+    for k, r in enumerate(result.rounds, 1):
+        lines.append(f"  {k}. {_round_text(r.config)} — {r.seconds / 60:.1f} min\n")
+    if any(r.config.distill_steps for r in result.rounds):
+        lines.append(
+            "- decoupled distillation (MobileSAM): the encoder only regresses the teacher's "
+            "embeddings (MSE; no prompts, no decoder)\n"
+        )
+    mse = (
+        " + the embedding MSE to the teacher" if first.teacher and not first.freeze_teacher else ""
+    )
+    lines.append(
+        "- prompted steps: half single positive points, half jittered boxes; BCE + dice on "
+        f"the low-res logits{mse}\n"
+    )
+    return "".join(lines)
+
+
+def _round_text(cfg: TrainConfig) -> str:
+    """One round's schedule in a phrase (progress messages and the card)."""
+    parts = []
+    if cfg.distill_steps:
+        parts.append(
+            f"{cfg.distill_steps} decoupled-distillation steps × {cfg.distill_batch} images "
+            f"(peak lr {cfg.distill_lr or cfg.lr:g}), then "
+        )
+    extra = "".join(
+        [
+            f", + {cfg.group_weight:g} × grouping loss" if cfg.group_weight > 0 else "",
+            f", + {cfg.mask_distill:g} × mask distillation" if cfg.mask_distill else "",
+            f", {cfg.amp} autocast" if cfg.amp else "",
+        ]
+    )
+    parts.append(
+        f"{cfg.steps} prompted steps × {cfg.batch_images} images × {cfg.prompts_per_image} "
+        f"prompts (peak lr {cfg.lr:g}{extra})"
+    )
+    return "".join(parts)
 
 
 def _amp_text(cfg: TrainConfig) -> str:
@@ -1030,10 +1263,7 @@ def write_card(result: TrainResult) -> Path:
 
 - data: {cfg.train_images} synthetic scenes (`uadbench.datasets.synthetic`, split `train`,
   data seed {cfg.data_seed}, {cfg.image_size}×{cfg.image_size} px)
-{_teacher_line(cfg)}{_init_line(cls, cfg)}- seed: {cfg.seed}; {cfg.steps} steps × {cfg.batch_images} images × {cfg.prompts_per_image} prompts
-  (half single positive points, half jittered boxes); BCE + dice on the low-res logits{_group_text(cfg)};
-  AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine{_amp_text(cfg)}
-{_approx_line(result.approximate_resumes)}- wall time: {result.seconds / 60:.1f} min on {_hardware(result)}
+{_schedule_lines(cls, result)}{_approx_line(result.approximate_resumes)}- wall time: {result.seconds / 60:.1f} min on {_hardware(result)}
   (torch {torch.__version__}, Python {sys.version.split()[0]})
 
 ## Quality
