@@ -68,7 +68,8 @@ BASELINES: dict[str, tuple[str, ...]] = {
     ),
     # Every attack on every zoo victim, on held-out synthetic scenes with ground truth:
     # split `test`, data seed 1 (the zoo trains on split `train`; its model cards
-    # evaluate on split `test`, seed 0). 20-40 min on 2 cores; not rerun in CI.
+    # evaluate on split `test`, seed 0). ~4.5 h on 2 cores with the 32×32-token zoo (276 min,
+    # summed over sittings); not rerun in CI.
     "zoo-synthetic": (
         "--attack", "all",
         "--victims", OFFLINE_VICTIMS,
