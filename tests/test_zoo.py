@@ -1052,6 +1052,12 @@ def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypat
     text = capsys.readouterr().out
     assert "round 2/2: 2 prompted steps" in text and "at step 3/4" in text
     assert (out / f"{name}.round-1" / f"{name}.safetensors").is_file()
+    # weights of a round run before a (default) setting existed still count as finished
+    first = out / f"{name}.round-1" / f"{name}.safetensors"
+    meta = weights_metadata(first)
+    older = json.loads(meta["train_config"])
+    del older["then"]
+    zoo_train._rewrite_metadata(first, {**meta, "train_config": json.dumps(older)})
     calls = []
     real = zoo_train.seg_loss
     monkeypatch.setattr(zoo_train, "seg_loss", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from uadbench.zoo.train import (
     RECIPES,
+    TrainConfig,
     TrainResult,
     _rewrite_metadata,
     config_json,
@@ -57,7 +58,8 @@ def main() -> int:
     for k, (cfg, run) in enumerate(zip(rounds, args.runs), 1):
         weights = run / f"{name}.safetensors"
         meta = weights_metadata(weights)
-        saved = json.loads(meta["train_config"])
+        # a field added since a run counts at its default (what that run used)
+        saved = {**config_json(TrainConfig()), **json.loads(meta["train_config"])}
         want = config_json(dataclasses.replace(cfg, init=saved.get("init", "")))
         diff = {f: (saved.get(f), v) for f, v in want.items() if saved.get(f) != v}
         if diff:

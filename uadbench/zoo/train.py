@@ -561,9 +561,9 @@ def _finished_round(name: str, weights: Path, cfg: TrainConfig, offset: int) -> 
     """The result of a round whose weights a previous, interrupted run left, checked to be
     this round's (a :class:`ConfigError` otherwise)."""
     meta = weights_metadata(weights)
-    try:
-        saved = json.loads(meta["train_config"])
-    except (KeyError, ValueError):
+    try:  # a field added since that round ran counts at its default (what it used)
+        saved = {**config_json(TrainConfig()), **json.loads(meta["train_config"])}
+    except (KeyError, TypeError, ValueError):
         saved = None
     if saved != config_json(cfg):
         raise ConfigError(
