@@ -1021,6 +1021,7 @@ def test_a_recipe_in_rounds_gives_the_weights_of_its_rounds_run_one_by_one(tmp_p
     ]
     card = (tmp_path / "rounds" / f"{name}.md").read_text()
     assert "trained in 2 rounds" in card
+    assert "(its rounds set in Python: no flag says them)" in card  # not the recipe's rounds
     assert "1. 2 prompted steps × 2 images × 4 prompts (peak lr 0.002)" in card
     assert "2. 2 prompted steps × 1 images × 2 prompts (peak lr 0.0005, bf16 autocast)" in card
     meta = weights_metadata(res.weights)
@@ -1044,6 +1045,8 @@ def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypat
     args = ["zoo", "train", name, "--seed", "3", "--eval-images", "0", "--save-every", "1"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     whole = load_file(str(tmp_path / "whole" / f"{name}.safetensors"))
+    card = (tmp_path / "whole" / f"{name}.md").read_text()
+    assert f"    uadbench zoo train {name} --seed 3\n" in card  # the recipe's rounds: no flags
     out = tmp_path / "shares"
     capsys.readouterr()
     assert main([*args, "--out", str(out), "--max-minutes", "1e-9"]) == 0
@@ -1082,3 +1085,6 @@ def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypat
     assert "trains its first round only" in capsys.readouterr().out
     saved = json.loads(weights_metadata(tmp_path / "one" / f"{name}.safetensors")["train_config"])
     assert saved["then"] == [] and saved["steps"] == 1 and saved["seed"] == 3
+    card = (tmp_path / "one" / f"{name}.md").read_text()
+    assert f"uadbench zoo train {name} --seed 3 --steps 1" in card
+    assert "rounds set in Python" not in card

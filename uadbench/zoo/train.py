@@ -1135,17 +1135,22 @@ def train_command(name: str, cfg: TrainConfig) -> str:
         "amp": "--amp",
         "mask_distill": "--mask-distill",
     }
+    reshaped = False  # a flag that makes the CLI train one round (cmd_zoo_train)
     for field, flag in flags.items():
         if getattr(cfg, field) != getattr(base, field) or (field == "steps" and not cfg.then):
             value = getattr(cfg, field)
+            reshaped |= field not in RUN_WIDE and field != "init"
             if isinstance(value, bool):
                 parts.append(flag if value else f"--no-{flag[2:]}")
             elif field == "amp":
                 parts.append(f"{flag} {value or 'off'}")
             else:
                 parts.append(f"{flag} {'none' if field == 'teacher' and not value else value}")
+    # one round: the flags say it (--steps is always there, and it alone trains one round);
+    # rounds: only the recipe's own, unreshaped
     run = {f: getattr(cfg, f) for f in RUN_WIDE}
-    if round_configs(cfg)[1:] != round_configs(dataclasses.replace(base, **run))[1:]:
+    recipe_rounds = round_configs(dataclasses.replace(base, **run))[1:]
+    if cfg.then and (reshaped or round_configs(cfg)[1:] != recipe_rounds):
         parts.append("(its rounds set in Python: no flag says them)")
     return " ".join(parts)
 
