@@ -29,12 +29,13 @@ from pathlib import Path
 
 from uadbench.zoo import ZOO_NAMES
 from uadbench.zoo.models import ZOO_DIR
-from uadbench.zoo.train import RECIPES, resumable_state, train_state_path
+from uadbench.zoo.train import RECIPES, has_progress
 
 
 def has_state(out: Path, name: str) -> bool:
-    """``name`` has a training state in ``out`` that ``--resume`` continues (full or compact)."""
-    return resumable_state(train_state_path(out, name)) is not None
+    """``name`` has a training state in ``out`` that ``--resume`` continues (full or compact),
+    or a round of a recipe in rounds (finished or not)."""
+    return has_progress(out, name)
 
 
 def command(name: str, out: Path, resume: bool, extra: list[str]) -> list[str]:

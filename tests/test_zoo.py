@@ -590,6 +590,17 @@ def test_train_zoo_script_resumes_from_a_committed_compact_state(tmp_path):
     assert "--resume" in script.command(name, tmp_path, True, [])
     assert "--resume" not in script.command(name, tmp_path, False, [])
     assert not script.has_state(tmp_path, "zoo-hf-sam")
+    # a recipe in rounds keeps its earlier rounds in OUT/NAME.round-k/: a finished round's
+    # weights, or an unfinished round's state, is a run to continue, not to start over
+    rounds = tmp_path / "zoo-hf-sam.round-1"
+    rounds.mkdir()
+    assert not script.has_state(tmp_path, "zoo-hf-sam")
+    (rounds / "zoo-hf-sam.safetensors").write_bytes(b"round 1's weights")
+    assert script.has_state(tmp_path, "zoo-hf-sam")
+    assert "--resume" in script.command("zoo-hf-sam", tmp_path, True, [])
+    (rounds / "zoo-hf-sam.safetensors").unlink()
+    compact_state_path(rounds / "zoo-hf-sam.train-state.pt").write_bytes(b"compact state")
+    assert script.has_state(tmp_path, "zoo-hf-sam")
 
 
 # ---------------------------------------------------------------------------- architecture

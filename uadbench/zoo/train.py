@@ -549,6 +549,17 @@ def round_dir(out: Path, name: str, k: int) -> Path:
     return out / f"{name}.round-{k}"
 
 
+def has_progress(out: Path, name: str) -> bool:
+    """Whether ``--resume`` has something of ``name`` to continue in ``out``: a training
+    state (full or compact), or a round of a recipe in rounds (its weights or state)."""
+    if resumable_state(train_state_path(out, name)) is not None:
+        return True
+    return any(
+        (d / f"{name}.safetensors").is_file() or resumable_state(train_state_path(d, name))
+        for d in out.glob(f"{name}.round-*")
+    )
+
+
 def weights_metadata(path: Path) -> dict[str, str]:
     """The metadata :func:`train` wrote into a weights file (``train_config`` etc.)."""
     from safetensors import safe_open
