@@ -1071,7 +1071,9 @@ def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypat
     meta = weights_metadata(first)
     older = json.loads(meta["train_config"])
     del older["then"]
-    zoo_train._rewrite_metadata(first, {**meta, "train_config": json.dumps(older)})
+    zoo_train._save_safetensors(
+        zoo_train.load_safetensors(first), first, {**meta, "train_config": json.dumps(older)}
+    )
     calls = []
     real = zoo_train.seg_loss
     monkeypatch.setattr(zoo_train, "seg_loss", lambda *a, **k: calls.append(1) or real(*a, **k))

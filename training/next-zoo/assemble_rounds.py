@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import shutil
 from pathlib import Path
 
 from uadbench.zoo.train import (
     RECIPES,
-    TrainConfig,
     TrainResult,
-    _rewrite_metadata,
     config_json,
     evaluate,
+    record_recipe,
     round_configs,
+    saved_config,
     weights_metadata,
-    write_card,
     zoo_class,
 )
 
@@ -58,8 +56,7 @@ def main() -> int:
     for k, (cfg, run) in enumerate(zip(rounds, args.runs), 1):
         weights = run / f"{name}.safetensors"
         meta = weights_metadata(weights)
-        # a field added since a run counts at its default (what that run used)
-        saved = {**config_json(TrainConfig()), **json.loads(meta["train_config"])}
+        saved = saved_config(meta["train_config"])
         want = config_json(dataclasses.replace(cfg, init=saved.get("init", "")))
         diff = {f: (saved.get(f), v) for f, v in want.items() if saved.get(f) != v}
         if diff:
@@ -83,18 +80,12 @@ def main() -> int:
     dest = args.out / f"{name}.safetensors"
     shutil.copyfile(done[-1].weights, dest)
     whole = dataclasses.replace(recipe, then=tuple(rounds[1:]))  # as _train_rounds records it
-    seconds = sum(r.seconds for r in done)
-    meta = weights_metadata(dest)
-    meta["train_config"] = json.dumps(dataclasses.asdict(whole))
-    meta["train_seconds"] = f"{seconds:.1f}"
-    _rewrite_metadata(dest, meta)
     model = cls(cls.Config(checkpoint=str(dest))).model
     ev = evaluate(name, checkpoint=dest, n=args.eval_images) if args.eval_images else None
     params = sum(p.numel() for p in model.parameters())
-    result = TrainResult(
-        name, dest, args.out / f"{name}.md", seconds, whole, ev, params, rounds=tuple(done)
-    )
-    write_card(result)
+    seconds = sum(r.seconds for r in done)
+    card = args.out / f"{name}.md"
+    record_recipe(TrainResult(name, dest, card, seconds, whole, ev, params, rounds=tuple(done)))
     if ev:
         print(f"{dest}: points {ev['miou_point']:.1f}, boxes {ev['miou_box']:.1f}")
     return 0

@@ -193,17 +193,14 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-#: the flag of a TrainConfig field where the names differ
-FLAG_OF = {"prompts_per_image": "prompts", "group_weight": "group_loss"}
-
-
 def cmd_zoo_train(args: argparse.Namespace) -> int:
     from .train import (
+        FLAGS,
         RECIPES,
-        RUN_WIDE,
         TrainConfig,
         TrainingPaused,
         compact_state_path,
+        reshapes_round,
         train,
         zoo_class,
     )
@@ -232,13 +229,12 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         else ("" if args.teacher.lower() == "none" else args.teacher),
     }
     given = {k: v for k, v in overrides.items() if v is not None}
-    reshaped = sorted(set(given) - set(RUN_WIDE) - {"init"})
+    reshaped = sorted(FLAGS[k] for k in given if reshapes_round(k))
     if cfg.then and reshaped:
         # a recipe in rounds with a flag that reshapes a round: train that one round
         print(
             f"{args.name}'s recipe trains in {len(cfg.then) + 1} rounds; with "
-            f"{', '.join('--' + FLAG_OF.get(k, k).replace('_', '-') for k in reshaped)} this "
-            "trains its first round only, changed so"
+            f"{', '.join(reshaped)} this trains its first round only, changed so"
         )
         cfg = dataclasses.replace(cfg, then=())
     cfg = dataclasses.replace(cfg, **given)

@@ -118,6 +118,34 @@ class TrainConfig:
 RUN_WIDE = ("seed", "train_images", "data_seed", "image_size", "threads", "teacher", "log_every")
 
 
+#: the ``zoo train`` flag of each TrainConfig field a command line can set (besides --seed
+#: and --threads)
+FLAGS = {
+    "steps": "--steps",
+    "train_images": "--train-images",
+    "batch_images": "--batch-images",
+    "prompts_per_image": "--prompts",
+    "lr": "--lr",
+    "data_seed": "--data-seed",
+    "group_weight": "--group-loss",
+    "teacher": "--teacher",
+    "freeze_teacher": "--freeze-teacher",
+    "distill_steps": "--distill-steps",
+    "distill_batch": "--distill-batch",
+    "distill_lr": "--distill-lr",
+    "init": "--init",
+    "amp": "--amp",
+    "mask_distill": "--mask-distill",
+}
+
+
+def reshapes_round(field: str) -> bool:
+    """Whether setting TrainConfig ``field`` changes a round rather than the whole run
+    (:data:`RUN_WIDE`; ``init`` is the first round's start): such a flag makes ``zoo
+    train`` of a recipe in rounds train its first round alone."""
+    return field not in RUN_WIDE and field != "init"
+
+
 def round_configs(cfg: TrainConfig) -> list[TrainConfig]:
     """The rounds of ``cfg`` as one-round configs: ``cfg`` itself, then each of
     ``cfg.then`` with the run-wide settings (:data:`RUN_WIDE`) of ``cfg``. The ``init`` of a
@@ -132,6 +160,16 @@ def config_json(cfg: TrainConfig) -> Any:
     """``cfg`` as its JSON value (what training states and weights record), so that a
     saved config and a live one compare equal when their settings are."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def saved_config(text: str | None) -> dict[str, Any] | None:
+    """A config a training state or weights file recorded (JSON ``text``), comparable with
+    :func:`config_json`: a field added since it was saved counts at its default (what that
+    run used). None when there is none or it is unreadable."""
+    try:
+        return {**config_json(TrainConfig()), **json.loads(text or "")}
+    except (TypeError, ValueError):
+        return None
 
 
 #: default training settings per zoo model. zoo-vit-sam trains from scratch; the others are
@@ -474,22 +512,56 @@ def train(
     dev = check_device(device, f"zoo train {name}")
     if max_minutes is not None and max_minutes <= 0:
         raise ConfigError(f"zoo train {name}: --max-minutes must be > 0, got {max_minutes:g}")
+    job = _Job(name, cls, eval_seed, progress or (lambda s: log.info("%s", s)))
+    job.teacher_checkpoint, job.save_every, job.device = teacher_checkpoint, save_every, dev
     out = Path(out_dir).expanduser()
-    say = progress or (lambda s: log.info("%s", s))
     if len(rounds) > 1:
-        return _train_rounds(
-            name,
-            cfg,
-            out,
-            eval_images,
-            eval_seed,
-            say,
-            teacher_checkpoint,
-            resume,
-            save_every,
-            max_minutes,
-            device,
-        )
+        return _train_rounds(job, cfg, rounds, out, eval_images, resume, max_minutes)
+    return _train_one(job, cfg, out, eval_images, resume, max_minutes)
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every round of one :func:`train` call shares, and what it loads once for all of
+    them: the training scenes and the teacher (their settings are run-wide,
+    :data:`RUN_WIDE`)."""
+
+    name: str
+    cls: type[ZooVictim]
+    eval_seed: int
+    say: Callable[[str], None]
+    teacher_checkpoint: str | Path | None = None
+    save_every: int = 100
+    device: torch.device = torch.device("cpu")
+    data: TrainingSet | None = None
+    teacher: ZooVictim | None = None
+
+    def load(self, cfg: TrainConfig) -> tuple[TrainingSet, ZooVictim | None]:
+        """The training scenes and teacher of ``cfg``, loaded on the first call."""
+        if self.data is None:
+            self.say(
+                f"loading {cfg.train_images} synthetic training scenes (seed {cfg.data_seed}, "
+                f"{cfg.image_size}px)"
+            )
+            self.data = load_training_set(cfg.train_images, cfg.data_seed, cfg.image_size)
+            if cfg.teacher:
+                tcls = zoo_class(cfg.teacher)
+                ck = str(self.teacher_checkpoint) if self.teacher_checkpoint else None
+                self.teacher = tcls(tcls.Config(checkpoint=ck), device=str(self.device))
+                _ = self.teacher.model  # load now: a missing teacher fails before training
+        return self.data, self.teacher
+
+
+def _train_one(
+    job: _Job,
+    cfg: TrainConfig,
+    out: Path,
+    eval_images: int,
+    resume: bool,
+    max_minutes: float | None,
+) -> TrainResult:
+    """:func:`train` of one round (see there)."""
+    name, dev, say = job.name, job.device, job.say
     out.mkdir(parents=True, exist_ok=True)
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -498,33 +570,18 @@ def train(
         with torch_threads(cfg.threads):
             # a state that cannot be resumed fails now, not after loading the data
             resume_state = read_train_state(state_path, cfg) if resume else None
-            say(
-                f"loading {cfg.train_images} synthetic training scenes (seed {cfg.data_seed}, {cfg.image_size}px)"
-            )
-            data = load_training_set(cfg.train_images, cfg.data_seed, cfg.image_size)
+            data, teacher = job.load(cfg)
             t0 = time.perf_counter()
-            teacher = None
-            if cfg.teacher:
-                tcls = zoo_class(cfg.teacher)
-                ck = str(teacher_checkpoint) if teacher_checkpoint else None
-                teacher = tcls(tcls.Config(checkpoint=ck), device=str(dev))
-                _ = teacher.model  # load now: a missing teacher fails before training
-            deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+            deadline = None if max_minutes is None else t0 + 60 * max_minutes
             model, before, approx = _fit(
-                cls, data, cfg, say, teacher, state_path, resume_state, save_every, deadline, dev
-            )
+                job.cls, data, cfg, say, teacher, state_path, resume_state, job.save_every,
+                deadline, dev,
+            )  # fmt: skip
             seconds = before + time.perf_counter() - t0
     finally:
         torch.use_deterministic_algorithms(prev_det)
     weights = out / f"{name}.safetensors"
-    meta = {
-        "name": name,
-        "train_config": json.dumps(dataclasses.asdict(cfg)),
-        "train_seconds": f"{seconds:.1f}",
-    }
-    if approx:
-        meta["approximate_resumes"] = json.dumps(approx)
-    save_weights(model, weights, meta)
+    save_weights(model, weights, _weights_record(name, cfg, seconds, approx))
     # only now that the weights are on disk: a crash in between must not lose the run
     for done in (state_path, compact_state_path(state_path)):
         done.unlink(missing_ok=True)
@@ -535,13 +592,28 @@ def train(
     if eval_images > 0:
         say(f"evaluating on {eval_images} held-out synthetic test images")
         result.eval = evaluate(
-            name, checkpoint=weights, n=eval_images, seed=eval_seed, device=str(dev)
+            name, checkpoint=weights, n=eval_images, seed=job.eval_seed, device=str(dev)
         )
         say(
             f"held-out mIoU: points {result.eval['miou_point']:.1f}, boxes {result.eval['miou_box']:.1f}"
         )
     write_card(result)
     return result
+
+
+def _weights_record(
+    name: str, cfg: TrainConfig, seconds: float, approx: tuple[int, ...]
+) -> dict[str, str]:
+    """The metadata a weights file carries: the model, its training settings (a recipe in
+    rounds: all of them), minutes and approximate resumes (:func:`weights_metadata`)."""
+    meta = {
+        "name": name,
+        "train_config": json.dumps(dataclasses.asdict(cfg)),
+        "train_seconds": f"{seconds:.1f}",
+    }
+    if approx:
+        meta["approximate_resumes"] = json.dumps(approx)
+    return meta
 
 
 def round_dir(out: Path, name: str, k: int) -> Path:
@@ -572,11 +644,7 @@ def _finished_round(name: str, weights: Path, cfg: TrainConfig, offset: int) -> 
     """The result of a round whose weights a previous, interrupted run left, checked to be
     this round's (a :class:`ConfigError` otherwise)."""
     meta = weights_metadata(weights)
-    try:  # a field added since that round ran counts at its default (what it used)
-        saved = {**config_json(TrainConfig()), **json.loads(meta["train_config"])}
-    except (KeyError, TypeError, ValueError):
-        saved = None
-    if saved != config_json(cfg):
+    if saved_config(meta.get("train_config")) != config_json(cfg):
         raise ConfigError(
             f"--resume: {weights} was trained with other settings than this round's; rerun "
             f"with the same flags as the interrupted run, or delete {weights.parent} to "
@@ -588,20 +656,17 @@ def _finished_round(name: str, weights: Path, cfg: TrainConfig, offset: int) -> 
 
 
 def _train_rounds(
-    name: str,
+    job: _Job,
     cfg: TrainConfig,
+    rounds: list[TrainConfig],
     out: Path,
     eval_images: int,
-    eval_seed: int,
-    say: Callable[[str], None],
-    teacher_checkpoint: str | Path | None,
     resume: bool,
-    save_every: int,
     max_minutes: float | None,
-    device: str,
 ) -> TrainResult:
-    """:func:`train` of a recipe in rounds (see there)."""
-    rounds = round_configs(cfg)
+    """:func:`train` of a recipe in rounds (see there); ``rounds`` are
+    ``round_configs(cfg)``."""
+    name, say = job.name, job.say
     cfg = dataclasses.replace(cfg, then=tuple(rounds[1:]))  # as trained, run-wide settings in
     n = len(rounds)
     deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
@@ -622,10 +687,7 @@ def _train_rounds(
             again = resume and (k == 1 or resumable_state(train_state_path(where, name)))
             left = None if deadline is None else max(deadline - time.perf_counter(), 1e-6) / 60
             try:
-                res = train(
-                    name, r, where, eval_images if last else 0, eval_seed, say,
-                    teacher_checkpoint, bool(again), save_every, left, device,
-                )  # fmt: skip
+                res = _train_one(job, r, where, eval_images if last else 0, bool(again), left)
             except TrainingPaused as p:
                 total = sum(x.distill_steps + x.steps for x in rounds)
                 raise TrainingPaused(p.path, offset + p.step, total) from None
@@ -640,28 +702,22 @@ def _train_rounds(
         approximate_resumes=tuple(s for x in done for s in x.approximate_resumes),
         rounds=tuple(done),
     )
-    # the weights record the whole recipe, as a one-round run's record its settings
-    meta = weights_metadata(final.weights)
-    meta["train_config"] = json.dumps(dataclasses.asdict(cfg))
-    meta["train_seconds"] = f"{result.seconds:.1f}"
-    if result.approximate_resumes:
-        meta["approximate_resumes"] = json.dumps(result.approximate_resumes)
-    _rewrite_metadata(final.weights, meta)
-    write_card(result)
+    record_recipe(result)
     for k in range(1, n):  # only now: the final weights and card are on disk
         shutil.rmtree(round_dir(out, name, k), ignore_errors=True)
     return result
 
 
-def _rewrite_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Replace a safetensors file's metadata, tensors unchanged, atomically."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)
-    tmp.replace(path)
+def record_recipe(result: TrainResult) -> None:
+    """Make the last round's weights and card those of the whole recipe in rounds
+    ``result`` (``result.config`` with its rounds, summed minutes): the weights' metadata
+    rewritten, tensors unchanged, and the card written."""
+    meta = weights_metadata(result.weights)
+    meta.update(
+        _weights_record(result.name, result.config, result.seconds, result.approximate_resumes)
+    )
+    _save_safetensors(load_safetensors(result.weights), result.weights, meta)
+    write_card(result)
 
 
 def check_config(name: str, cfg: TrainConfig) -> None:
@@ -1001,12 +1057,7 @@ def read_train_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
             f"--resume: {path} is not a readable training state ({type(exc).__name__}); "
             "delete it and train from the start"
         ) from None
-    try:
-        # a field added since the state was saved counts at its default (which is what
-        # that run effectively used)
-        saved = {**config_json(TrainConfig()), **json.loads(state.get("config", ""))}
-    except (TypeError, ValueError):
-        saved = None
+    saved = saved_config(state.get("config"))
     now = config_json(cfg)
     # the thread count only reorders float sums: a run may move to a host with more or
     # fewer cores, continuing approximately (like the compact state; see _fit)
@@ -1044,16 +1095,29 @@ def restore_train_state(
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """Write the state dict as safetensors, floating tensors in float16, atomically."""
-    from safetensors.torch import save_file
-
     sd = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
         sd[k] = (v.half() if v.is_floating_point() else v).contiguous()
+    _save_safetensors(sd, path, metadata)
+
+
+def _save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
+    from safetensors.torch import save_file
+
     tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=metadata)
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.chmod(0o644)
     tmp.replace(path)
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, as saved."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -1129,28 +1193,11 @@ def train_command(name: str, cfg: TrainConfig) -> str:
     """The ``uadbench zoo train`` command reproducing ``cfg`` (non-default flags only)."""
     base = RECIPES.get(name, TrainConfig())
     parts = [f"uadbench zoo train {name}", f"--seed {cfg.seed}"]
-    flags = {
-        "steps": "--steps",
-        "train_images": "--train-images",
-        "batch_images": "--batch-images",
-        "prompts_per_image": "--prompts",
-        "lr": "--lr",
-        "data_seed": "--data-seed",
-        "group_weight": "--group-loss",
-        "teacher": "--teacher",
-        "freeze_teacher": "--freeze-teacher",
-        "distill_steps": "--distill-steps",
-        "distill_batch": "--distill-batch",
-        "distill_lr": "--distill-lr",
-        "init": "--init",
-        "amp": "--amp",
-        "mask_distill": "--mask-distill",
-    }
     reshaped = False  # a flag that makes the CLI train one round (cmd_zoo_train)
-    for field, flag in flags.items():
+    for field, flag in FLAGS.items():
         if getattr(cfg, field) != getattr(base, field) or (field == "steps" and not cfg.then):
             value = getattr(cfg, field)
-            reshaped |= field not in RUN_WIDE and field != "init"
+            reshaped |= reshapes_round(field)
             if isinstance(value, bool):
                 parts.append(flag if value else f"--no-{flag[2:]}")
             elif field == "amp":
