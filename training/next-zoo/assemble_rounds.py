@@ -5,11 +5,14 @@ A recipe in rounds (``TrainConfig.then``) runs each round as a warm restart from
 of the one before — what ``zoo train --init`` does. The rounds' weights are therefore those
 of the same rounds run one by one with ``--init`` (tests/test_zoo.py checks this bitwise on
 a small recipe), provided each run had exactly its round's settings, started from the weights
-the run before it wrote (unchanged since), and was never continued approximately. This
-script checks those three things from the weights' own metadata and cards, then copies the
-last run's weights with the whole recipe in their metadata, evaluates them (200 held-out
-scenes, as the card of `zoo train` does) and writes the recipe's card (each round's minutes
-from its run's card).
+the run before it wrote (unchanged since), and was not continued approximately. This
+script checks the first two from the weights' own metadata and cards; a run continued
+approximately (its compact state carried to another machine) is recorded, at its step in
+the whole recipe, in the weights' metadata and the card — as ``zoo train`` records it: the
+card then says the command gives close, not identical, weights. It then copies the last
+run's weights with the whole recipe in their metadata, evaluates them (200 held-out scenes,
+as the card of `zoo train` does) and writes the recipe's card (each round's minutes from its
+run's card).
 
 Run it from a checkout whose RECIPES hold the recipe in rounds (the worktree with
 ship.patch applied)::
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import shutil
 from pathlib import Path
@@ -52,7 +56,7 @@ def main() -> int:
     rounds = round_configs(recipe)
     if len(rounds) != len(args.runs):
         raise SystemExit(f"{name}'s recipe has {len(rounds)} rounds, {len(args.runs)} runs given")
-    done, prev = [], ""
+    done, prev, offset = [], "", 0
     for k, (cfg, run) in enumerate(zip(rounds, args.runs), 1):
         weights = run / f"{name}.safetensors"
         meta = weights_metadata(weights)
@@ -65,17 +69,20 @@ def main() -> int:
             raise SystemExit(
                 f"round {k}: {weights} started from {saved.get('init')!r}, not {prev!r}"
             )
-        if meta.get("approximate_resumes"):
-            raise SystemExit(f"round {k}: {weights} was continued approximately")
+        approx = tuple(offset + s for s in json.loads(meta.get("approximate_resumes", "[]")))
+        if approx:
+            print(f"round {k}: {weights} was continued approximately at step(s) {approx}")
         card = (run / f"{name}.md").read_text()
         if prev:  # the file it started from is unchanged since (the card's digest)
             digest = cls.weights_digest(cls.Config(checkpoint=prev))
             if f"SHA-256 {digest}…" not in card:
                 raise SystemExit(f"round {k}: {prev} changed since {weights} started from it")
         minutes = float(re.search(r"wall time: ([0-9.]+) min", card).group(1))
-        done.append(TrainResult(name, weights, run / f"{name}.md", 60 * minutes, cfg, None, 0))
+        done.append(
+            TrainResult(name, weights, run / f"{name}.md", 60 * minutes, cfg, None, 0, approx)
+        )
         print(f"round {k}: {run} is the recipe's round ({minutes:.1f} min)")
-        prev = str(weights)
+        prev, offset = str(weights), offset + cfg.distill_steps + cfg.steps
     args.out.mkdir(parents=True, exist_ok=True)
     dest = args.out / f"{name}.safetensors"
     shutil.copyfile(done[-1].weights, dest)
@@ -85,7 +92,10 @@ def main() -> int:
     params = sum(p.numel() for p in model.parameters())
     seconds = sum(r.seconds for r in done)
     card = args.out / f"{name}.md"
-    record_recipe(TrainResult(name, dest, card, seconds, whole, ev, params, rounds=tuple(done)))
+    approx = tuple(s for r in done for s in r.approximate_resumes)
+    record_recipe(
+        TrainResult(name, dest, card, seconds, whole, ev, params, approx, rounds=tuple(done))
+    )
     if ev:
         print(f"{dest}: points {ev['miou_point']:.1f}, boxes {ev['miou_box']:.1f}")
     return 0
