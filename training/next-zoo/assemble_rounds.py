@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import shutil
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 from uadbench.zoo.train import (
     RECIPES,
     TrainResult,
+    approximate_steps,
     config_json,
     evaluate,
     record_recipe,
@@ -69,7 +69,7 @@ def main() -> int:
             raise SystemExit(
                 f"round {k}: {weights} started from {saved.get('init')!r}, not {prev!r}"
             )
-        approx = tuple(offset + s for s in json.loads(meta.get("approximate_resumes", "[]")))
+        approx = approximate_steps(meta, offset)
         if approx:
             print(f"round {k}: {weights} was continued approximately at step(s) {approx}")
         card = (run / f"{name}.md").read_text()

@@ -640,6 +640,12 @@ def weights_metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def approximate_steps(meta: dict[str, str], offset: int = 0) -> tuple[int, ...]:
+    """The steps at which the run behind weights metadata ``meta`` (:func:`weights_metadata`)
+    continued approximately, counted from ``offset`` (its round's first step in a recipe)."""
+    return tuple(offset + s for s in json.loads(meta.get("approximate_resumes", "[]")))
+
+
 def _finished_round(name: str, weights: Path, cfg: TrainConfig, offset: int) -> TrainResult:
     """The result of a round whose weights a previous, interrupted run left, checked to be
     this round's (a :class:`ConfigError` otherwise)."""
@@ -650,7 +656,7 @@ def _finished_round(name: str, weights: Path, cfg: TrainConfig, offset: int) -> 
             f"with the same flags as the interrupted run, or delete {weights.parent} to "
             "train the round again"
         )
-    approx = tuple(offset + s for s in json.loads(meta.get("approximate_resumes", "[]")))
+    approx = approximate_steps(meta, offset)
     seconds = float(meta.get("train_seconds", 0.0))
     return TrainResult(name, weights, weights.with_suffix(".md"), seconds, cfg, None, 0, approx)
 
