@@ -30,7 +30,7 @@ bench: $(BIN)/.installed
 	UADBENCH_BENCH=1 $(BIN)/pytest tests/benchmarks --benchmark-enable -q
 
 # Retrain the whole tiny zoo in place with the shipped recipes (teacher first, then its
-# students two at a time; ~4 h on 2 cores); then `make baselines`. ZOO_FLAGS are
+# students two at a time; ~13 h on 2 cores: ~5 h, then ~8 h); then `make baselines`. ZOO_FLAGS are
 # scripts/train_zoo.py's: ZOO_FLAGS=--resume after an interruption; flags after `--` go to
 # every `uadbench zoo train` (ZOO_FLAGS="-- --steps 2000").
 zoo: $(BIN)/.installed

@@ -58,7 +58,7 @@ ALL_BUNDLED = "samples:names=[" + ",".join(BUNDLED) + "]"
 BASELINES: dict[str, tuple[str, ...]] = {
     # `uadbench run --attack uad --victims all` as it runs offline (attack, victims,
     # surrogate, prompts, seed 0), on all 15 bundled photographs (see ALL_BUNDLED).
-    # ~3.5 min on 2 idle cores; the CI test reruns it with another seed.
+    # ~1.2 min on 2 idle cores (the 2026-12 zoo); the CI test reruns it with another seed.
     "embedded-default": (
         "--attack", "uad",
         "--victims", OFFLINE_VICTIMS,
@@ -68,8 +68,9 @@ BASELINES: dict[str, tuple[str, ...]] = {
     ),
     # Every attack on every zoo victim, on held-out synthetic scenes with ground truth:
     # split `test`, data seed 1 (the zoo trains on split `train`; its model cards
-    # evaluate on split `test`, seed 0). ~4.5 h on 2 cores with the 32×32-token zoo (276 min,
-    # summed over sittings); not rerun in CI.
+    # evaluate on split `test`, seed 0). ~1.5 h on 2 idle cores with the 2026-12 zoo: 130-180 s
+    # per attack with its evaluations, attack-sam 9 min, attack-sam-k (400 prompts per
+    # image) ~84 s per image, 70 min; not rerun in CI.
     "zoo-synthetic": (
         "--attack", "all",
         "--victims", OFFLINE_VICTIMS,

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 ZOO_EPILOG = """examples:
-  uadbench zoo train zoo-vit-sam --out zoo-models          # ~2.5 h on two CPU cores
+  uadbench zoo train zoo-vit-sam --out zoo-models          # ~5 h on two CPU cores
   uadbench zoo train zoo-vit-sam --seed 1 --steps 300 --out /tmp/zoo
   uadbench zoo eval zoo-vit-sam                            # the shipped weights, 200 held-out scenes
   uadbench zoo eval zoo-vit-sam --checkpoint zoo-models/zoo-vit-sam.safetensors --n 100
@@ -102,8 +102,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="HQ-SAM-style: copy the teacher's matching tensors (image encoder included) and "
-        "freeze them; only the rest trains (how the retrained zoo-hq-sam is built: "
-        "training/next-zoo)",
+        "freeze them; only the rest trains (zoo-hq-sam's recipe)",
     )
     t.add_argument(
         "--init",

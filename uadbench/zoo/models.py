@@ -12,8 +12,9 @@ decoder — it lets such small models learn where the prompt is within a CPU bud
 - ``zoo-vit-sam``: the ``segment_anything`` architecture at toy size — ViT encoder with a
   convolutional stem (stride 8 at 256²: 32×32 tokens, windowed + global attention), SAM
   prompt encoder and two-way-transformer mask decoder. The default surrogate.
-- ``zoo-hq-sam``: a narrower, deeper ViT with HQ-SAM's ``MaskDecoderHQ`` (an extra HQ
-  output token fusing an early ViT block with the decoder features).
+- ``zoo-hq-sam``: zoo-vit-sam with HQ-SAM's ``MaskDecoderHQ`` (an extra HQ output token
+  fusing an early ViT block with the decoder features); as in HQ-SAM, only the additions
+  are trained, on top of the frozen zoo-vit-sam (so it shares the surrogate's encoder).
 - ``zoo-tinyvit-sam``: MobileSAM-style hierarchical TinyViT encoder (conv stem, MBConv
   stage, windowed attention stage; ``segment_anything_hq``'s implementation) at 256²
   with the SAM decoder.
@@ -281,16 +282,16 @@ class ZooViTSam(ZooVictim):
 
 
 # ---------------------------------------------------------------------------- zoo-hq-sam
-#: zoo-vit-sam's layout, narrower and deeper, global attention every other block
-HQ_ARCH = dataclasses.replace(
-    VIT_ARCH, embed_dim=96, depth=8, num_heads=3, global_attn=(1, 3, 5, 7)
-)
+#: zoo-vit-sam's layout: HQ-SAM keeps SAM's image encoder (and, frozen, its weights)
+HQ_ARCH = VIT_ARCH
 
 
 class ZooHQSam(ZooVictim):
-    """Toy HQ-SAM: ViT (conv stem of stride 8 at 256², 8 blocks of width 96) + ``MaskDecoderHQ`` (HQ
-    output token; HQ features fuse the first global-attention block with the decoder's
-    upscaled embedding); output = SAM mask + HQ mask logits (``hq_token_only=False``)."""
+    """Toy HQ-SAM, built on zoo-vit-sam the way HQ-SAM is built on SAM: zoo-vit-sam's image
+    encoder, prompt encoder and mask decoder (its weights, frozen in training) +
+    ``MaskDecoderHQ``'s additions (HQ output token and MLP; HQ features fuse the first
+    global-attention block with the decoder's upscaled embedding); output = SAM mask + HQ
+    mask logits (``hq_token_only=False``)."""
 
     name = "zoo-hq-sam"
     arch = HQ_ARCH
@@ -367,7 +368,7 @@ class TinyViTArch:
     embed_dims: tuple[int, ...] = (32, 128)
     depths: tuple[int, ...] = (1, 4)
     num_heads: tuple[int, ...] = (1, 4)
-    window_sizes: tuple[int, ...] = (8, 8)
+    window_sizes: tuple[int, ...] = (8, 32)
     prompt_dim: int = 64
     decoder_mlp_dim: int = 256
     decoder_heads: int = 4
@@ -458,9 +459,9 @@ class TinyViTEncoder(nn.Module):
 
 
 class ZooTinyViTSam(ZooVictim):
-    """Toy MobileSAM: TinyViT encoder (an MBConv stage of width 32, then 4 windowed-attention
-    blocks of width 128; input 256², stride 8 → 32×32 tokens) + SAM prompt encoder and
-    decoder (width 64)."""
+    """Toy MobileSAM: TinyViT encoder (an MBConv stage of width 32, then 4 attention blocks
+    of width 128 over all 32×32 tokens — one window, as the teacher's global blocks; input
+    256², stride 8) + SAM prompt encoder and decoder (width 64)."""
 
     name = "zoo-tinyvit-sam"
     tiny_arch = TinyViTArch()
