@@ -18,10 +18,11 @@ Usage::
     python scripts/make_baselines.py --only zoo-synthetic --compact # to commit it unfinished
 
 A build runs attack by attack (each with its evaluations), so an interrupted build keeps
-whole attacks; ``--compact`` reduces it to manifest and rows (a few hundred KB: the
-adversarial images are dropped), which can be committed with ``git add -f`` and resumed
-with ``--resume`` in a later sitting on any machine — attacks whose evaluations are all
-recorded are not rerun.
+whole attacks; ``--compact`` reduces it to manifest and row shards (the adversarial
+images are dropped; one shard per evaluation job: zoo-synthetic two-thirds built is 19 MB
+in 2400 files, 0.9 MB as tar.xz), which can be carried to a later sitting on any machine
+and resumed with ``--resume`` — attacks whose evaluations are all recorded are not
+rerun.
 
 Regenerate after retraining the zoo or a deliberate change of an attack's, victim's or
 dataset's defaults (``tests/test_baselines.py`` says when the config hashes moved).
