@@ -309,3 +309,40 @@ def test_deleted_images_are_remade_only_for_evaluations_still_to_run(tmp_path):
     res = api.evaluate(out, victims=f"{TINY}:seed=1", progress=False)
     assert res.summary.attack_done == 1 and png.read_bytes() == first
     assert set(load_rows(out).victim) == {TINY, f"{TINY}[seed=1]"}
+
+
+def test_victims_all_puts_the_surrogate_first_and_untrained_models_last():
+    """``--victims all`` is ordered for reading: the white-box column (the surrogate)
+    first, then the trained models, then the models labelled as not trained; an explicit
+    list keeps the order it was given in."""
+    spec = api.plan(attacks="uad", victims="all")
+    names = [v.name for v in spec.victims]
+    assert names[0] == spec.surrogate.name == "zoo-vit-sam"  # offline default
+    assert names[-1] == TINY and len(names) == len(set(names)) >= 5
+    hq = api.plan(attacks="uad", victims="all", surrogate="zoo-hq-sam")
+    assert [v.name for v in hq.victims][0] == "zoo-hq-sam"
+    assert sorted(v.name for v in hq.victims) == sorted(names)  # same victims, reordered
+    # a surrogate with other settings is another model: it does not move the default one
+    from uadbench.engine.plan import expand_victims
+
+    registry_order = [v.name for v in expand_victims("all")[0]]
+    assert registry_order != names  # (the reordering is what this test checks)
+    other = api.plan(attacks="uad", victims="all", surrogate="zoo-vit-sam:prompt_batch=8")
+    assert [v.name for v in other.victims] == [n for n in registry_order if n != TINY] + [TINY]
+    given = api.plan(attacks="uad", victims=f"{TINY},zoo-hf-sam,zoo-vit-sam")
+    assert [v.name for v in given.victims] == [TINY, "zoo-hf-sam", "zoo-vit-sam"]
+
+
+def test_run_output_says_which_column_is_white_box(tmp_path, capsys):
+    from uadbench.cli import main
+
+    args = ["run", "--attack", "feature-pgd:steps=1", "--limit", "1", "--no-progress"]
+    assert main([*args, "--victims", TINY, "--surrogate", TINY, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert f"surrogate: {TINY} (its column is white-box" in out
+    assert (
+        main([*args, "--victims", "zoo-hq-sam", "--surrogate", TINY, "--out", str(tmp_path / "b")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f"surrogate: {TINY} (not a victim here: every column measures transfer)" in out

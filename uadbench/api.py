@@ -24,6 +24,7 @@ from .engine.plan import (
     expand_victims,
     parse_eps_list,
     resolve,
+    surrogate_first,
 )
 from .errors import ConfigError, UadbenchError
 from .store.lock import RunLock
@@ -73,6 +74,8 @@ def plan(
         raise ConfigError(
             f"victim {sur.name!r} cannot serve as a surrogate (no differentiable encoder path)"
         )
+    if victims.strip().lower() == "all":
+        vic = surrogate_first(vic, sur)
     check_weights([*vic, sur])
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")

@@ -119,6 +119,24 @@ def expand_victims(text: str, strict: bool = False) -> tuple[list[Plugin], list[
     return victims, []
 
 
+def is_same_model(a: Plugin, b: Plugin) -> bool:
+    """The same registered model with the same settings (e.g. a victim that is the surrogate)."""
+    return a.name == b.name and a.hash == b.hash
+
+
+def surrogate_first(victims: list[Plugin], surrogate: Plugin) -> list[Plugin]:
+    """``--victims all`` in reading order: the surrogate first (its column is white-box,
+    the others measure transfer), then the trained models, then those labelled as not
+    trained (``Victim.note``); registry order within each group."""
+
+    def group(p: Plugin) -> int:
+        if is_same_model(p, surrogate):
+            return 0
+        return 2 if getattr(p.cls, "note", "") else 1
+
+    return sorted(victims, key=group)  # stable
+
+
 def available_victims(strict: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """(names usable, [(name, reason)] skipped) over the whole victim registry."""
     try:
