@@ -22,6 +22,7 @@ from .engine.plan import (
     default_surrogate,
     expand_attacks,
     expand_victims,
+    is_all,
     parse_eps_list,
     resolve,
     surrogate_first,
@@ -74,7 +75,7 @@ def plan(
         raise ConfigError(
             f"victim {sur.name!r} cannot serve as a surrogate (no differentiable encoder path)"
         )
-    if victims.strip().lower() == "all":
+    if is_all(victims):
         vic = surrogate_first(vic, sur)
     check_weights([*vic, sur])
     if limit is not None and limit < 1:

@@ -132,10 +132,8 @@ def _finish(res, args) -> int:
         if getattr(v.cls, "note", "")
     ]
     print(api.leaderboard(res.run_dir, fmt=args.format))
-    from .engine.plan import is_same_model
-
     sur = spec.surrogate
-    if any(is_same_model(v, sur) for v in spec.victims):
+    if any(v.key == sur.key for v in spec.victims):
         print(f"surrogate: {sur.label} (its column is white-box; the others measure transfer)")
     else:
         print(f"surrogate: {sur.label} (not a victim here: every column measures transfer)")

@@ -82,7 +82,7 @@ def main() -> int:
             TrainResult(name, weights, run / f"{name}.md", 60 * minutes, cfg, None, 0, approx)
         )
         print(f"round {k}: {run} is the recipe's round ({minutes:.1f} min)")
-        prev, offset = str(weights), offset + cfg.distill_steps + cfg.steps
+        prev, offset = str(weights), offset + cfg.total_steps
     args.out.mkdir(parents=True, exist_ok=True)
     dest = args.out / f"{name}.safetensors"
     shutil.copyfile(done[-1].weights, dest)

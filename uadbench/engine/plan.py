@@ -78,10 +78,15 @@ def resolve(kind: str, spec_text: str, extra: dict[str, Any] | None = None) -> P
     return Plugin(kind, name, cls, cfg, label(name, cfg), config_hash(kind, name, hashed_cfg))
 
 
+def is_all(text: str) -> bool:
+    """``--attack all`` / ``--victims all``."""
+    return text.strip().lower() == "all"
+
+
 def expand_attacks(text: str, eps_sweep: list[float] | None = None) -> list[Plugin]:
     """``uad,aa:eps=4/255`` or ``all`` → configured attacks; ``eps_sweep`` (in [0, 1])
     makes one variant per budget of every attack."""
-    specs = ATTACKS.names() if text.strip().lower() == "all" else split_specs(text)
+    specs = ATTACKS.names() if is_all(text) else split_specs(text)
     out: list[Plugin] = []
     for s in specs:
         if eps_sweep:
@@ -107,7 +112,7 @@ def expand_victims(text: str, strict: bool = False) -> tuple[list[Plugin], list[
     ``all`` = every registered victim whose weights are present; the rest are listed as
     skipped, or, with ``strict``, make the run fail.
     """
-    if text.strip().lower() == "all":
+    if is_all(text):
         usable, skipped = available_victims(strict)
         if not usable:
             raise UadbenchError(
@@ -119,18 +124,13 @@ def expand_victims(text: str, strict: bool = False) -> tuple[list[Plugin], list[
     return victims, []
 
 
-def is_same_model(a: Plugin, b: Plugin) -> bool:
-    """The same registered model with the same settings (e.g. a victim that is the surrogate)."""
-    return a.name == b.name and a.hash == b.hash
-
-
 def surrogate_first(victims: list[Plugin], surrogate: Plugin) -> list[Plugin]:
     """``--victims all`` in reading order: the surrogate first (its column is white-box,
     the others measure transfer), then the trained models, then those labelled as not
     trained (``Victim.note``); registry order within each group."""
 
     def group(p: Plugin) -> int:
-        if is_same_model(p, surrogate):
+        if p.key == surrogate.key:  # the same model with the same settings
             return 0
         return 2 if getattr(p.cls, "note", "") else 1
 

@@ -282,10 +282,6 @@ class ZooViTSam(ZooVictim):
 
 
 # ---------------------------------------------------------------------------- zoo-hq-sam
-#: zoo-vit-sam's layout: HQ-SAM keeps SAM's image encoder (and, frozen, its weights)
-HQ_ARCH = VIT_ARCH
-
-
 class ZooHQSam(ZooVictim):
     """Toy HQ-SAM, built on zoo-vit-sam the way HQ-SAM is built on SAM: zoo-vit-sam's image
     encoder, prompt encoder and mask decoder (its weights, frozen in training) +
@@ -294,7 +290,7 @@ class ZooHQSam(ZooVictim):
     mask logits (``hq_token_only=False``)."""
 
     name = "zoo-hq-sam"
-    arch = HQ_ARCH
+    arch = VIT_ARCH  # HQ-SAM keeps SAM's image encoder (and, frozen, its weights)
 
     @classmethod
     def new_model(cls) -> nn.Module:

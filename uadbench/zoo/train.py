@@ -112,6 +112,12 @@ class TrainConfig:
     #: this run's; () = one round
     then: tuple[TrainConfig, ...] = ()
 
+    @property
+    def total_steps(self) -> int:
+        """Steps of this run alone (its rounds in ``then`` not counted): distillation, then
+        prompted."""
+        return self.distill_steps + self.steps
+
 
 #: the settings every round of a recipe in rounds (``TrainConfig.then``) takes from the
 #: first: what makes the rounds one run (``zoo train --seed`` etc. reach all of them)
@@ -172,6 +178,14 @@ def saved_config(text: str | None) -> dict[str, Any] | None:
         return None
 
 
+def _distill_again(distill_steps: int) -> TrainConfig:
+    """A later round of a student's recipe: decoupled distillation again for
+    ``distill_steps`` at peak lr 1e-3, then 300 prompted steps at 3e-4 (grouping loss on)."""
+    return TrainConfig(
+        steps=300, lr=3e-4, group_weight=1.0, distill_steps=distill_steps, distill_lr=1e-3
+    )
+
+
 #: default training settings per zoo model. zoo-vit-sam trains from scratch; the others are
 #: built on it. Every recipe from scratch adds the auxiliary grouping loss (``group_weight``):
 #: without it every model here sits for ~2000 steps on a prompt-only solution (filled box,
@@ -205,11 +219,7 @@ RECIPES: dict[str, TrainConfig] = {
         teacher="zoo-vit-sam",
         group_weight=1.0,
         distill_steps=800,
-        then=(
-            TrainConfig(steps=300, lr=3e-4, group_weight=1.0, distill_steps=500, distill_lr=1e-3),
-            TrainConfig(steps=300, lr=3e-4, group_weight=1.0, distill_steps=800, distill_lr=1e-3),
-            TrainConfig(steps=300, lr=3e-4, group_weight=1.0, distill_steps=1400, distill_lr=1e-3),
-        ),
+        then=(_distill_again(500), _distill_again(800), _distill_again(1400)),
     ),
     "zoo-hf-sam": TrainConfig(
         steps=800,
@@ -228,8 +238,8 @@ RECIPES: dict[str, TrainConfig] = {
                 distill_lr=2e-3,
                 amp="bf16",
             ),
-            TrainConfig(steps=300, lr=3e-4, group_weight=1.0, distill_steps=600, distill_lr=1e-3),
-            TrainConfig(steps=300, lr=3e-4, group_weight=1.0, distill_steps=800, distill_lr=1e-3),
+            _distill_again(600),
+            _distill_again(800),
         ),
     ),
 }
@@ -739,11 +749,11 @@ def _train_rounds(
             try:
                 res = _train_one(job, r, where, eval_images if last else 0, bool(again), left)
             except TrainingPaused as p:
-                total = sum(x.distill_steps + x.steps for x in rounds)
+                total = sum(x.total_steps for x in rounds)
                 raise TrainingPaused(p.path, offset + p.step, total) from None
             res.approximate_resumes = tuple(offset + s for s in res.approximate_resumes)
             done.append(res)
-        init, offset = str(weights), offset + r.distill_steps + r.steps
+        init, offset = str(weights), offset + r.total_steps
     final = done[-1]
     result = dataclasses.replace(
         final,
@@ -921,7 +931,7 @@ def _fit(
         lr=cfg.lr,
         betas=(0.9, 0.999),
     )
-    total = cfg.distill_steps + cfg.steps
+    total = cfg.total_steps
 
     def lr_at(step: int) -> float:  # warm-up then cosine, per phase
         n, k, peak = (
