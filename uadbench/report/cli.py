@@ -32,9 +32,11 @@ def _victims_arg(values: list[str] | None) -> list[str] | None:
 
 # ----------------------------------------------------------------------------- handlers
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ..eval.perturbation import perturbation_table, split_metrics
     from .leaderboard import parse_metrics, render, runs_table
 
-    metrics = parse_metrics(args.metrics)
+    iou_metrics, pert_metrics = split_metrics(args.metrics)  # linf, psnr, ssim, … (#39)
+    metrics = parse_metrics(iou_metrics)
     table = runs_table(args.runs, by_kind=args.by_kind, valid_only=args.valid_only)
     title = None
     if args.format != "csv":
@@ -43,7 +45,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             + ", ".join(args.runs)
             + (" (valid prompts only: clean IoU > 50)" if args.valid_only else "")
         )
-    _emit(render(table, args.format, metrics, title=title), args.out)
+    text = render(table, args.format, metrics, title=title)
+    _emit(text + perturbation_table(args.runs, pert_metrics, args.format), args.out)
     return 0
 
 
@@ -163,7 +166,13 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (rows are pooled)")
     p.add_argument("--format", choices=fmts, default="terminal")
-    p.add_argument("--metrics", default="miou,asr50", help="comma list of miou, asr50, asr10")
+    p.add_argument(
+        "--metrics",
+        default="miou,asr50",
+        help="comma list of miou, asr50, asr10; perturbation per attack: linf, l2, "
+        "l2_pixel, psnr, ssim, ms_ssim, lpips, wall_seconds, cpu_seconds, gpu_seconds, "
+        "peak_mem_mb",
+    )
     p.add_argument("--by-kind", action="store_true", help="add point-only and box-only lines")
     p.add_argument(
         "--valid-only",
