@@ -160,5 +160,5 @@ def test_summary_means_and_identical_images():
     assert s.loc["a", "psnr"] == 40.0 and s.loc["a", "psnr_identical"] == 1
     assert s.loc["a", "n_images"] == 2
     assert P.parse_perturbation_metrics("linf,psnr,ms-ssim") == ("linf_255", "psnr", "ms_ssim")
-    with pytest.raises(UadbenchError, match="unknown perturbation metric"):
+    with pytest.raises(UadbenchError, match="unknown metric 'lpipz'"):
         P.parse_perturbation_metrics("linf,lpipz")

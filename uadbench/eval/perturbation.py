@@ -284,8 +284,9 @@ def parse_perturbation_metrics(text: str | None) -> tuple[str, ...]:
         t = _ALIASES.get(t, t)
         if t not in PERTURBATION_METRICS:
             raise UadbenchError(
-                f"unknown perturbation metric {t!r}; choose from linf, l2, l2_pixel, psnr, "
-                "ssim, ms_ssim, lpips, wall_seconds, cpu_seconds, gpu_seconds, peak_mem_mb"
+                f"unknown metric {t!r}; choose from miou, asr50, asr10 or, per attack, linf, "
+                "l2, l2_pixel, psnr, ssim, ms_ssim, lpips, wall_seconds, cpu_seconds, "
+                "gpu_seconds, peak_mem_mb"
             )
         out.append(t)
     return tuple(dict.fromkeys(out))
