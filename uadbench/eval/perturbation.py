@@ -293,7 +293,9 @@ def parse_perturbation_metrics(text: str | None) -> tuple[str, ...]:
 
 
 def perturbation_summary(
-    run_dir: str | Path | pd.DataFrame, metrics: tuple[str, ...] | None = None
+    run_dir: str | Path | pd.DataFrame,
+    metrics: tuple[str, ...] | None = None,
+    order: list[str] | None = None,
 ) -> pd.DataFrame:
     """Per attack label: ``n_images`` and the mean of each metric over its adversarial
     images (PSNR: mean over images with a finite PSNR; ``psnr_identical`` counts images
@@ -312,7 +314,16 @@ def perturbation_summary(
         if "psnr" in cols:
             rec["psnr_identical"] = int(np.isinf(g["psnr"].astype(float)).sum())
         out.append(rec)
-    return pd.DataFrame(out)
+    res = pd.DataFrame(out)
+    if order is None and not isinstance(run_dir, pd.DataFrame):
+        from ..report.leaderboard import manifest_orders
+        from ..store.rundir import load_manifest
+
+        order = manifest_orders(load_manifest(run_dir))[0]
+    if order:
+        rank = {a: i for i, a in enumerate(order)}
+        res = res.iloc[sorted(range(len(res)), key=lambda i: rank.get(res["attack"][i], 1e9))]
+    return res.reset_index(drop=True)
 
 
 def summary_columns(summary: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -351,7 +362,13 @@ def perturbation_table(runs, metrics: tuple[str, ...], fmt: str = "terminal") ->
     if df.empty:
         note = "no perturbation rows (runs made before they were recorded, or imported)"
         return "" if fmt == "csv" else f"\n{title}: {note}\n"
-    table = summary_columns(perturbation_summary(df, metrics), metrics)
+    from ..report.leaderboard import manifest_orders
+    from ..store.rundir import load_manifest
+
+    order: list[str] = []
+    for r in runs:
+        order += [a for a in manifest_orders(load_manifest(r))[0] if a not in order]
+    table = summary_columns(perturbation_summary(df, metrics, order), metrics)
     return ("" if fmt == "csv" else "\n") + render_frame(
         table, fmt, None if fmt == "csv" else title
     )

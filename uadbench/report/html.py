@@ -30,7 +30,7 @@ h1{font-size:1.6em;overflow-wrap:anywhere}
 .scroll{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;margin:0.6em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;vertical-align:top}
-td{overflow-wrap:anywhere}
+td{overflow-wrap:break-word}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0}
 table.settings td:first-child{font-weight:600;white-space:nowrap}
@@ -270,7 +270,7 @@ def html_report(
         )
     else:
         keys = tuple(k for k in PERTURBATION_METRICS if k in pert and pert[k].notna().any())
-        summ = summary_columns(perturbation_summary(pert, keys), keys)
+        summ = summary_columns(perturbation_summary(pert, keys, aorder), keys)
         parts.append(
             "<p class='note'>Means over each attack's adversarial images (uint8, as the "
             "victims saw them). L∞, L2 in 0–255 units (L2/pixel: ‖δ‖₂/√(H·W)); PSNR in dB "

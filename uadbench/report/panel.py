@@ -355,6 +355,8 @@ def build_panel(
 
     c_small, a_small = _resize(clean, (th, tw)), _resize(adv, (th, tw))
     top = perturbation_scale(clean, adv, vmax)
+    dmax = np.abs(adv.astype(np.int16) - clean.astype(np.int16)).max(axis=2)
+    at_top = float((dmax >= top - 1e-9).mean()) if dmax.size else 0.0
     put("clean", "clean", c_small, 0, 0)
     put("adversarial", attack, a_small, 0, 1)
     put(
@@ -380,7 +382,8 @@ def build_panel(
         for k in range(n)
     ]
     put("prompts", "prompts", text_tile(plines, tw), 1, 1)
-    put("scale", "perturbation scale", scale_tile(rh, iw, top), 1, 2)
+    put("scale", f"perturbation scale ({100 * at_top:.0f}% of pixels at the top)",
+        scale_tile(rh, iw, top), 1, 2)  # fmt: skip
     for r, vm in enumerate(victims, start=2):
         put(
             f"{vm.name}/clean",

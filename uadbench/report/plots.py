@@ -210,6 +210,7 @@ def eps_curves(
             ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
             handles[str(name)] = h
         ax.set_title(v, fontsize=10)
+        ax.set_xticks(sorted({round(float(e) * 255, 2) for e in r["eps"].unique()}))
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         if k % ncol == 0:
