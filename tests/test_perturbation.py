@@ -162,3 +162,28 @@ def test_summary_means_and_identical_images():
     assert P.parse_perturbation_metrics("linf,psnr,ms-ssim") == ("linf_255", "psnr", "ms_ssim")
     with pytest.raises(UadbenchError, match="unknown metric 'lpipz'"):
         P.parse_perturbation_metrics("linf,lpipz")
+
+
+def test_no_adversarial_png_without_its_perturbation_row(tmp_path, monkeypatch):
+    """The row is written before the PNG (which marks the job done): a kill between the
+    two leaves neither, and the rerun writes both."""
+    from uadbench.engine import jobs
+
+    spec = api.plan("feature-pgd:steps=1", TINY, "samples", None, 0, 1, None, False)
+    worker = jobs.AttackWorker(spec, tmp_path)
+    attack, sid = spec.attacks[0], worker.data.ids()[0]
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(jobs, "write_perturbation_row", killed)
+    with pytest.raises(Killed):
+        worker.run(attack, [sid])
+    assert not worker.data.adv_file(attack, sid).exists()
+    monkeypatch.undo()
+    worker.run(attack, [sid])
+    assert worker.data.adv_file(attack, sid).exists()
+    assert P.perturbation_path(tmp_path, attack.key, sid).exists()
