@@ -427,3 +427,21 @@ def test_show_refuses_imported_runs(tmp_path):
     with pytest.raises(UadbenchError, match="no adversarial images"):
         show(tmp_path, "sa_1")
     assert isinstance(pd.DataFrame(columns=COLUMNS), pd.DataFrame)
+
+
+def test_eps_curves_legend_lies_inside_the_figure(tmp_path):
+    from uadbench.report.plots import eps_curves
+    from uadbench.store.rundir import load_rows
+
+    run = _make_run(
+        tmp_path,
+        attacks=(("uad[eps=2/255]", 2 / 255), ("uad[eps=4/255]", 4 / 255), ("uad", 8 / 255)),
+        sweep_name="uad",
+    )
+    fig = eps_curves(load_rows(run), n_boot=50)
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    # and it overlaps no panel: it sits below every axes
+    assert all(box.y1 <= ax.get_window_extent().y0 for ax in fig.axes if ax.get_visible())
