@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4))
 PRELOAD := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
-.PHONY: demo test lint bench clean baselines zoo
+.PHONY: demo test lint bench clean baselines zoo gallery
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ zoo: $(BIN)/.installed
 # BASELINE_FLAGS=--resume continues an interrupted build, --compact readies one to commit.
 baselines: $(BIN)/.installed
 	$(PRELOAD) $(BIN)/python scripts/make_baselines.py $(foreach n,$(ONLY),--only $(n)) $(BASELINE_FLAGS)
+
+# The figure gallery in docs/gallery/: figures of the committed zoo-synthetic baseline and
+# of a small run made here (sweep, panels, report screenshot; a few minutes on 2 cores, resumes).
+gallery: $(BIN)/.installed
+	$(BIN)/python scripts/make_gallery.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

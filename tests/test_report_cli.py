@@ -147,4 +147,4 @@ def test_import_plot_report(tmp_path, capsys):
     assert run(["plot", str(out)]) == 0
     assert (out / "plots" / "asr50_bars.png").exists()
     assert run(["report", str(out), "--n-boot", "50"]) == 0
-    assert "No UAD attack with another attack" in (out / "report.html").read_text()
+    assert "Fewer than two attacks in this run" in (out / "report.html").read_text()

@@ -26,12 +26,21 @@ from uadbench.report.panel import (
     HEAD,
     INFO_W,
     VictimMasks,
+    _magma,
     build_panel,
     panel_geometry,
     perturbation_tile,
+    row_height,
     show,
 )
-from uadbench.report.plots import plot_run
+from uadbench.report.plots import (
+    attack_color,
+    damage_table,
+    image_bootstrap_ci,
+    label_colors,
+    plot_run,
+    transfer_matrix,
+)
 from uadbench.store.rundir import adv_path, atomic_write_json, write_shard
 from uadbench.store.schema import COLUMNS
 from uadbench.victims import VICTIMS
@@ -193,13 +202,18 @@ def test_build_panel_tiles_and_size():
     masks = np.zeros((2, 48, 64), bool)
     masks[0, 10:30, 40:60] = True
     vm = VictimMasks("v", masks, np.zeros_like(masks), [90.0, 80.0], [5.0, 0.0])
-    panel, tiles = build_panel(clean, adv, [vm, VictimMasks("w", note="no weights")], prompts)
+    gt = np.zeros((2, 48, 64), bool)
+    gt[1, 30:45, 5:20] = True
+    panel, tiles = build_panel(
+        clean, adv, [vm, VictimMasks("w", note="no weights")], prompts, gt_masks=gt
+    )
     th, tw, scale, ph, pw = panel_geometry((48, 64), 2)
     assert (th, tw, scale) == (48, 64, 1.0)
+    rh = row_height(48)
     assert (
         panel.shape
         == (ph, pw, 3)
-        == (GAP + 3 * (HEAD + 48 + GAP), GAP + 2 * (64 + GAP) + INFO_W + GAP, 3)
+        == (GAP + 4 * (HEAD + rh + GAP), GAP + 2 * (64 + GAP) + INFO_W + GAP, 3)
     )
     y, x, h, w = tiles["adversarial"]
     assert np.array_equal(panel[y : y + h, x : x + w], adv)
@@ -207,7 +221,11 @@ def test_build_panel_tiles_and_size():
     assert np.array_equal(panel[y : y + h, x : x + w], clean)
     y, x, h, w = tiles["perturbation"]
     pert = panel[y : y + h, x : x + w]
-    assert np.array_equal(pert, perturbation_tile(clean, adv)) and pert.max() == 255
+    assert np.array_equal(pert, perturbation_tile(clean, adv))
+    # the ground truth of the prompts' masks is drawn on the clean image, nowhere else
+    y, x, h, w = tiles["ground_truth"]
+    gtile = panel[y : y + h, x : x + w].astype(int)
+    assert abs(gtile[40, 10] - clean[40, 10]).max() > 40 and (gtile[5, 5] == clean[5, 5]).all()
 
     # the clean masks are drawn on the victim's clean tile, not on the adversarial one
     def tile(name):
@@ -223,8 +241,26 @@ def test_build_panel_tiles_and_size():
     big = np.zeros((300, 900, 3), np.uint8)
     p2, t2 = build_panel(big, big, [], None, max_side=450)
     assert t2["adversarial"][2:] == (150, 450) and p2.shape[1] == GAP + 3 * (450 + GAP)
+    assert "no ground truth" not in t2 and t2["ground_truth"][3] == 450
     with pytest.raises(UadbenchError):
         build_panel(clean, adv[:10])
+
+
+def test_perturbation_map_fixed_scale_not_saturating():
+    clean = np.full((1, 4, 3), 100, np.uint8)
+    adv = clean.copy()
+    adv[0, 1, 0] = 108  # |δ| = 8 in red only
+    adv[0, 2] = (96, 104, 100)  # 4 in red and green: max over RGB = 4
+    adv[0, 3, 2] = 140  # 40 > vmax: clips
+    lut = _magma()
+    t = perturbation_tile(clean, adv, vmax=16)
+    assert (t[0, 0] == lut[0]).all() and (t[0, 1] == lut[128]).all()
+    assert (t[0, 2] == lut[64]).all() and (t[0, 3] == lut[255]).all()
+    # light yellow, not white; and a smaller perturbation stays darker on the same scale
+    assert tuple(lut[255]) != (255, 255, 255) and lut[255].min() < 200
+    assert t[0, 2].sum() < t[0, 1].sum() < t[0, 3].sum()
+    # without vmax the image's own max is the top of the scale
+    assert (perturbation_tile(clean, adv)[0, 3] == lut[255]).all()
 
 
 def test_show_writes_png_whose_adversarial_tile_is_the_cached_image(tmp_path):
@@ -239,16 +275,17 @@ def test_show_writes_png_whose_adversarial_tile_is_the_cached_image(tmp_path):
         adv = np.asarray(im.convert("RGB"))
     y, x = GAP + HEAD, GAP + (tw + GAP)
     assert np.array_equal(panel[y : y + th, x : x + tw], adv)
+    rh = row_height(th)
     # row 1 = the re-run victim: its clean masks (bright pixels near the prompts) are overlaid
     # on the clean tile; on the adversarial tile the masks vanished (no overlay there)
     clean, _ = _images()
-    y1 = y + HEAD + th + GAP
+    y1 = y + 2 * (HEAD + rh + GAP)  # row 0 images, row 1 ground truth / scale
     clean_tile = panel[y1 : y1 + th, GAP : GAP + tw].astype(int)
     adv_tile = panel[y1 : y1 + th, GAP + tw + GAP : GAP + 2 * (tw + GAP) - GAP].astype(int)
-    assert abs(clean_tile[20, 45] - clean[20, 45]).max() > 40  # mask overlay
-    assert abs(adv_tile[20, 45] - adv[20, 45]).max() < 3
+    assert abs(clean_tile[20, 40] - clean[20, 40]).max() > 40  # mask overlay (the box)
+    assert abs(adv_tile[20, 40] - adv[20, 40]).max() < 3
     # row 2 = unknown victim: plain tiles (no overlay) and a note
-    y2 = y1 + HEAD + th + GAP
+    y2 = y1 + HEAD + rh + GAP
     assert (
         abs(panel[y2 : y2 + th, GAP : GAP + tw][30:40, 0:5].astype(int) - clean[30:40, 0:5]).max()
         == 0
@@ -262,20 +299,62 @@ def test_show_writes_png_whose_adversarial_tile_is_the_cached_image(tmp_path):
 
 
 # ----------------------------------------------------------------------------- plots, html
-def test_plot_run_writes_bars_and_sweep_curves(tmp_path):
+def test_plot_run_writes_vector_and_png_figures_with_one_colour_per_attack(tmp_path):
     run = _make_run(
         tmp_path,
         attacks=(("uad[eps=2/255]", 2 / 255), ("uad[eps=4/255]", 4 / 255), ("uad", 8 / 255)),
         sweep_name="uad",
     )
-    paths = plot_run(run, tmp_path / "plots")
+    paths = plot_run(run, tmp_path / "plots", dpi=100)
     names = sorted(p.name for p in paths)
-    assert names == ["asr50_bars.png", "asr50_vs_eps_uad.png"]
-    for p in paths:
-        with Image.open(p) as im:
-            im.verify()
-        with Image.open(p) as im:
+    stems = ["asr50_bars", "asr50_vs_eps", "transfer_matrix"]
+    assert names == sorted(f"{s}.{f}" for s in stems for f in ("pdf", "png", "svg"))
+    for s in stems:
+        assert (tmp_path / "plots" / f"{s}.pdf").read_bytes().startswith(b"%PDF")
+        assert "<svg" in (tmp_path / "plots" / f"{s}.svg").read_text()
+        with Image.open(tmp_path / "plots" / f"{s}.png") as im:
             assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    # dpi is honoured: the PNG at 200 dpi is twice as wide
+    hi = plot_run(run, tmp_path / "hi", formats=("png",), dpi=200)
+    with Image.open(hi[0]) as a, Image.open(tmp_path / "plots" / hi[0].name) as b:
+        assert abs(a.size[0] / b.size[0] - 2) < 0.05
+    # uad's colour is the same in the bars (its 8/255 label) and the curves
+    color = attack_color("uad").lower()
+    for s in ("asr50_bars", "asr50_vs_eps"):
+        assert color in (tmp_path / "plots" / f"{s}.svg").read_text().lower()
+    assert attack_color("tap") != attack_color("uad") == attack_color("uad[eps=4/255]")
+    shades = label_colors(["uad[eps=2/255]", "uad"], {"uad[eps=2/255]": "uad", "uad": "uad"})
+    assert shades["uad"] == attack_color("uad") != shades["uad[eps=2/255]"]
+    with pytest.raises(UadbenchError, match="unknown figure format"):
+        plot_run(run, tmp_path / "x", formats=("gif",))
+
+
+def test_damage_table_is_clean_minus_attacked_miou(tmp_path):
+    from uadbench.report.leaderboard import leaderboard_table
+    from uadbench.store.rundir import load_rows
+
+    run = _make_run(tmp_path, attacks=(("uad", 8 / 255), ("tap", 4 / 255)))
+    d = damage_table(leaderboard_table(load_rows(run)))
+    # clean IoU 100; attacked IoU 100·eps·(j+1) + victim index over prompts j = 0, 1, 2
+    for a, eps in (("uad", 8 / 255), ("tap", 4 / 255)):
+        for vi, v in enumerate(["report-test-bright", "no-such-victim"]):
+            assert d.loc[a, v] == pytest.approx(100 - (200 * eps + vi))
+    assert transfer_matrix(leaderboard_table(load_rows(run)), "report-test-bright") is not None
+
+
+def test_image_bootstrap_ci_resamples_images():
+    rows = pd.DataFrame(
+        {
+            "dataset": "d",
+            "sample_id": ["a", "a", "b", "b", "c", "c"],
+            "iou": [0.0, 10.0, 90.0, 80.0, 0.0, 70.0],
+        }
+    )
+    val, lo, hi, n = image_bootstrap_ci(rows, "asr50", n_boot=2000)
+    assert n == 3 and val == pytest.approx(100 * 3 / 6)
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(100.0)  # all-a or all-b draws
+    _, lo1, hi1, n1 = image_bootstrap_ci(rows[rows["sample_id"] == "a"], "asr50")
+    assert n1 == 1 and math.isnan(lo1) and math.isnan(hi1)
 
 
 def test_html_report_is_self_contained(tmp_path):
@@ -286,10 +365,59 @@ def test_html_report_is_self_contained(tmp_path):
     assert '<table class="leaderboard">' in text and '<table class="compare">' in text
     assert "uad (a) vs tap (b)" in text
     imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
-    assert len(imgs) == 1
-    with Image.open(io.BytesIO(base64.b64decode(imgs[0]))) as im:
-        assert im.format == "PNG"
+    assert len(imgs) == 2  # ASR bars and the transfer matrix (no sweep here)
+    for b in imgs:
+        with Image.open(io.BytesIO(base64.b64decode(b))) as im:
+            assert im.format == "PNG"
     assert "http://" not in text and "https://" not in text and "<script" not in text
+    # the run's settings: seed, surrogate, dataset, attacks' config hashes
+    settings = text[text.index("id='settings'") : text.index("id='leaderboard'")]
+    assert "report-test-bright" in settings and "hash1" in settings and ">3<" in settings
+    assert "No failed job." in text
+
+
+def test_html_report_compares_whatever_attacks_ran(tmp_path):
+    run = _make_run(tmp_path, attacks=(("tap", 8 / 255), ("aa", 4 / 255), ("ilpd", 2 / 255)))
+    text = html_report(run, n_boot=50).read_text()
+    assert "tap (a) vs aa (b)" in text and "tap (a) vs ilpd (b)" in text
+    assert "Reference attack: <b>tap</b> (first attack)" in text
+    text = html_report(run, n_boot=50, reference="ilpd").read_text()
+    assert "ilpd (a) vs tap (b)" in text and "ilpd (a) vs aa (b)" in text
+    with pytest.raises(UadbenchError, match="not an attack of this run"):
+        html_report(run, n_boot=50, reference="uad")
+
+
+def test_html_report_failures_say_k_of_n_images(tmp_path):
+    import json
+
+    from uadbench.report.html import of_failed
+
+    assert of_failed(1, 2, "image") == "1 of 2 images failed"
+    assert of_failed(1, 1, "image") == "1 of 1 image failed"
+    run = _make_run(tmp_path, attacks=(("uad", 8 / 255),))
+    man = json.loads((run / "manifest.json").read_text())
+    man["samples"] = ["s0", "s1"]
+    atomic_write_json(run / "manifest.json", man)
+    recs = [
+        {"phase": "attack", "key": {"attack": "uad", "sample": "s1"}, "error": "ValueError: x"},
+        # a failure a rerun has since fixed (its rows exist): not reported
+        {
+            "phase": "eval",
+            "key": {"victim": "report-test-bright", "attack": "uad", "sample": "s0"},
+            "error": "RuntimeError: y",
+        },
+        {
+            "phase": "eval",
+            "key": {"victim": "report-test-bright", "attack": "uad", "sample": "s1"},
+            "error": "UadbenchError: no adversarial image",
+        },
+    ]
+    (run / "failures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = html_report(run, n_boot=50).read_text()
+    fails = text[text.index("id='failures'") :]
+    assert "attack uad: 1 of 2 images failed (e.g. s1: ValueError: x)" in fails
+    assert "RuntimeError" not in fails and "1 images" not in text
+    assert fails.count("<li>") == 1  # the evaluation waiting on the failed attack: said once
 
 
 def test_show_refuses_imported_runs(tmp_path):
@@ -299,3 +427,21 @@ def test_show_refuses_imported_runs(tmp_path):
     with pytest.raises(UadbenchError, match="no adversarial images"):
         show(tmp_path, "sa_1")
     assert isinstance(pd.DataFrame(columns=COLUMNS), pd.DataFrame)
+
+
+def test_eps_curves_legend_lies_inside_the_figure(tmp_path):
+    from uadbench.report.plots import eps_curves
+    from uadbench.store.rundir import load_rows
+
+    run = _make_run(
+        tmp_path,
+        attacks=(("uad[eps=2/255]", 2 / 255), ("uad[eps=4/255]", 4 / 255), ("uad", 8 / 255)),
+        sweep_name="uad",
+    )
+    fig = eps_curves(load_rows(run), n_boot=50)
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    # and it overlaps no panel: it sits below every axes
+    assert all(box.y1 <= ax.get_window_extent().y0 for ax in fig.axes if ax.get_visible())

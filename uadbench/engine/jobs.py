@@ -31,6 +31,12 @@ from PIL import Image
 from ..attacks.base import AttackContext
 from ..errors import DataError, UadbenchError
 from ..eval.metrics import iou
+from ..eval.perturbation import (
+    AttackTimer,
+    image_metrics,
+    perturbation_path,
+    write_perturbation_row,
+)
 from ..eval.prompts import PromptSet, sample_prompts
 from ..store.rundir import FAILURES, adv_path, atomic_write_bytes, shard_path, write_shard
 from .plan import CLEAN, Plugin, RunSpec
@@ -320,11 +326,45 @@ class AttackWorker:
             prompts=[self.data.prompts(s) for s in batch] if inst.uses_prompts else None,
             draw_image=self.data.draw_image,
         )
-        return inst([self.data.sample(s).image for s in batch], self.surrogate, ctx)
+        with AttackTimer(self.device) as timer:
+            advs = inst([self.data.sample(s).image for s in batch], self.surrogate, ctx)
+        self._cost = timer.per_image(len(batch))
+        return advs
 
     def _save(self, attack: Plugin, batch: list[str], advs: list[np.ndarray]) -> None:
         for sid, adv in zip(batch, advs):
+            # the perturbation row first: the PNG marks the job done, so a kill between
+            # the two reruns the job (rewriting the same row), never leaves a PNG without it
+            record_perturbation(self.data, attack, sid, adv, getattr(self, "_cost", {}))
             save_png(self.data.adv_file(attack, sid), adv)
+
+
+def record_perturbation(
+    data: RunData, attack: Plugin, sid: str, adv: np.ndarray, cost: dict[str, Any]
+) -> None:
+    """Write the perturbation row of one adversarial image (norms, PSNR, SSIM, MS-SSIM,
+    LPIPS where available, the attack's cost per image) atomically to
+    ``<run>/perturbation/<attack>-<hash>/<sample>.parquet``. A metric that cannot be
+    computed is logged, never fails the attack job."""
+    try:
+        clean = data.sample(sid).image
+        row = {
+            "dataset": data.spec.dataset.label,
+            "sample_id": sid,
+            "attack": attack.label,
+            "attack_name": attack.name,
+            "attack_hash": attack.hash,
+            "eps": float(getattr(attack.config, "eps", float("nan"))),
+            "surrogate": data.spec.surrogate.label,
+            "seed": data.spec.seed,
+            "height": int(adv.shape[0]),
+            "width": int(adv.shape[1]),
+            **image_metrics(clean, adv),
+            **cost,
+        }
+        write_perturbation_row(perturbation_path(data.run_dir, attack.key, sid), row)
+    except Exception as exc:  # metrics are a report, the adversarial image is the job
+        log.warning("perturbation metrics of %s on %s not recorded: %s", attack.label, sid, exc)
 
 
 class EvalWorker:

@@ -32,9 +32,11 @@ def _victims_arg(values: list[str] | None) -> list[str] | None:
 
 # ----------------------------------------------------------------------------- handlers
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ..eval.perturbation import perturbation_table, split_metrics
     from .leaderboard import parse_metrics, render, runs_table
 
-    metrics = parse_metrics(args.metrics)
+    iou_metrics, pert_metrics = split_metrics(args.metrics)  # linf, psnr, ssim, … (#39)
+    metrics = parse_metrics(iou_metrics)
     table = runs_table(args.runs, by_kind=args.by_kind, valid_only=args.valid_only)
     title = None
     if args.format != "csv":
@@ -43,7 +45,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             + ", ".join(args.runs)
             + (" (valid prompts only: clean IoU > 50)" if args.valid_only else "")
         )
-    _emit(render(table, args.format, metrics, title=title), args.out)
+    text = render(table, args.format, metrics, title=title)
+    _emit(text + perturbation_table(args.runs, pert_metrics, args.format), args.out)
     return 0
 
 
@@ -126,7 +129,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_run
 
-    paths = plot_run(args.run, args.out)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    paths = plot_run(args.run, args.out, formats=formats, dpi=args.dpi)
     for p in paths:
         print(f"wrote {p}")
     if not paths:
@@ -137,7 +141,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .html import html_report
 
-    path = html_report(args.run, args.out, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha)
+    path = html_report(
+        args.run,
+        args.out,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        alpha=args.alpha,
+        reference=args.reference,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -163,7 +174,13 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (rows are pooled)")
     p.add_argument("--format", choices=fmts, default="terminal")
-    p.add_argument("--metrics", default="miou,asr50", help="comma list of miou, asr50, asr10")
+    p.add_argument(
+        "--metrics",
+        default="miou,asr50",
+        help="comma list of miou, asr50, asr10; perturbation per attack: linf, l2, "
+        "l2_pixel, psnr, ssim, ms_ssim, lpips, wall_seconds, cpu_seconds, gpu_seconds, "
+        "peak_mem_mb",
+    )
     p.add_argument("--by-kind", action="store_true", help="add point-only and box-only lines")
     p.add_argument(
         "--valid-only",
@@ -271,12 +288,18 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "plot",
-        help="ASR@50 bars per victim and ASR-vs-eps curves",
+        help="figures: ASR@50 bars, transfer matrix, ASR-vs-eps curves (PDF, SVG, PNG)",
         formatter_class=_RAW,
-        epilog="examples:\n  uadbench plot results/run1\n  uadbench plot results/sweep --out figs/",
+        description="ASR@50 per victim (bars), damage per victim (clean mIoU - attacked mIoU, "
+        "heatmap) and, when an attack ran at several budgets, ASR@50 against eps with a 95%% "
+        "image-bootstrap band; one colour per attack in every figure.",
+        epilog="examples:\n  uadbench plot results/run1\n  uadbench plot results/sweep --out figs/"
+        "\n  uadbench plot results/run1 --formats pdf --out paper/figs",
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", metavar="DIR", help="default RUN/plots")
+    p.add_argument("--formats", default="png,pdf,svg", help="comma list of png, pdf, svg")
+    p.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
     p.set_defaults(func=cmd_plot)
 
     p = subparsers.add_parser(
@@ -288,6 +311,11 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", metavar="HTML", help="default RUN/report.html")
+    p.add_argument(
+        "--reference",
+        metavar="LABEL",
+        help="attack compared with every other one (default uad if it ran, else the first)",
+    )
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.05)

@@ -1,11 +1,18 @@
-"""Per-sample picture: clean, adversarial, amplified perturbation, masks per victim.
+"""Per-sample picture: clean, adversarial, perturbation map, ground truth, masks per victim.
 
 Layout of the panel (RGB uint8, white background, ``GAP`` px between tiles, a
 ``HEAD`` px caption strip above each tile; tiles are the image's size, downscaled so
 that the longer side is at most ``max_side``)::
 
-    [ clean ]              [ adversarial ]          [ |adv − clean| amplified ]
+    [ clean ]              [ adversarial ]          [ |adv − clean| map ]
+    [ ground truth ]       [ prompts ]              [ the map's colour scale ]
     [ <victim>: clean ]    [ <victim>: attack ]     [ IoU clean -> adv per prompt ]   (one row per victim)
+
+The perturbation map shows max over RGB of |adv − clean| in the perceptually uniform
+``magma`` colour map on a fixed linear scale, black = 0 to light yellow = ``vmax``/255
+(default: the attack's budget ε, so maps of one budget compare; else the image's own
+maximum); the scale is drawn with its numbers in the row below. Text is
+``FONT_SIZE`` px.
 
 Masks are not stored in result rows, so :func:`show` re-runs the victims on this one
 sample (:func:`predict_masks`, the only place that builds models); IoUs printed come
@@ -33,8 +40,10 @@ from ..store.schema import CLEAN
 
 log = logging.getLogger(__name__)
 GAP = 4
-HEAD = 16
-INFO_W = 240  # minimum width of the third column (perturbation tile and IoU text)
+FONT_SIZE = 14
+HEAD = 22
+LINE = 18
+INFO_W = 300  # minimum width of the third column (perturbation tile and IoU text)
 COLORS = [
     (255, 60, 60),
     (40, 150, 255),
@@ -89,6 +98,11 @@ def load_png(path: str | Path) -> np.ndarray:
 def load_clean_image(manifest: dict[str, Any], sample_id: str) -> np.ndarray:
     """The clean image of ``sample_id`` from the run's dataset (manifest ``dataset``:
     a name or ``{"name", "config"}``), RGB uint8 (H, W, 3)."""
+    return np.asarray(load_clean_sample(manifest, sample_id).image, dtype=np.uint8)
+
+
+def load_clean_sample(manifest: dict[str, Any], sample_id: str):
+    """The :class:`~uadbench.datasets.base.Sample` (image, ground-truth masks if any)."""
     import dataclasses as dc
 
     from ..config import build_config
@@ -106,7 +120,7 @@ def load_clean_image(manifest: dict[str, Any], sample_id: str) -> np.ndarray:
         if cfg_cls and dc.is_dataclass(cfg_cls)
         else None
     )
-    return np.asarray(cls(cfg).load(sample_id).image, dtype=np.uint8)
+    return cls(cfg).load(sample_id)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -174,8 +188,11 @@ def _num(x: float) -> str:
     return "n/a" if x != x else f"{x:.1f}"
 
 
-def _font():
-    return ImageFont.load_default()
+def _font(size: int = FONT_SIZE):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
 
 
 def _resize(img: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -185,11 +202,56 @@ def _resize(img: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.n
     return np.asarray(im.resize((hw[1], hw[0]), Image.NEAREST if nearest else Image.BILINEAR))
 
 
-def perturbation_tile(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:
-    """|adv − clean| per channel, scaled so its maximum is 255 (uint8, H×W×3)."""
-    d = np.abs(adv.astype(np.int16) - clean.astype(np.int16)).astype(np.float64)
-    top = d.max()
-    return np.zeros_like(clean) if top == 0 else np.round(d * (255.0 / top)).astype(np.uint8)
+def _magma() -> np.ndarray:
+    from matplotlib import colormaps
+
+    return np.round(colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def perturbation_scale(clean: np.ndarray, adv: np.ndarray, vmax: float | None = None) -> float:
+    """The map's top value in /255: ``vmax`` if given (> 0), else max |adv − clean| (≥ 1)."""
+    if vmax and vmax > 0:
+        return float(vmax)
+    return float(max(1, int(np.abs(adv.astype(np.int16) - clean.astype(np.int16)).max())))
+
+
+def perturbation_tile(clean: np.ndarray, adv: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """max over RGB of |adv − clean| in magma, linear from 0 (black) to
+    :func:`perturbation_scale` (light yellow; larger values clip there). uint8 H×W×3."""
+    d = np.abs(adv.astype(np.int16) - clean.astype(np.int16)).max(axis=2).astype(np.float64)
+    top = perturbation_scale(clean, adv, vmax)
+    idx = np.clip(np.round(d / top * 255.0), 0, 255).astype(np.int64)
+    return _magma()[idx]
+
+
+def scale_tile(h: int, w: int, vmax: float) -> np.ndarray:
+    """The perturbation map's colour bar with its numbers (0, vmax/2, vmax in /255)."""
+    im = Image.new("RGB", (w, h), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    font = _font()
+    x0, x1, y0 = 8, w - 8, 4
+    bar_h = max(8, min(24, h // 3))
+    lut = _magma()
+    for x in range(x0, x1):
+        d.line(
+            [(x, y0), (x, y0 + bar_h)],
+            fill=tuple(int(c) for c in lut[(x - x0) * 255 // max(1, x1 - x0 - 1)]),
+        )
+    for frac in (0.0, 0.5, 1.0):
+        x = x0 + frac * (x1 - x0 - 1)
+        d.line([(x, y0 + bar_h), (x, y0 + bar_h + 4)], fill=(0, 0, 0))
+        text = f"{frac * vmax:g}"
+        tw = d.textlength(text, font=font)
+        d.text((min(max(0, x - tw / 2), w - tw), y0 + bar_h + 5), text, fill=(0, 0, 0), font=font)
+    y = y0 + bar_h + 5 + LINE + 2
+    for line in textwrap.wrap(
+        "|adv - clean| in /255, max over RGB; linear, magma; larger values clip", max(10, w // 8)
+    ):
+        if y + LINE > h:
+            break
+        d.text((x0, y), line, fill=(60, 60, 60), font=font)
+        y += LINE
+    return np.asarray(im)
 
 
 def _overlay(
@@ -209,24 +271,30 @@ def _overlay(
             if prompts.kinds[k] == BOX:
                 draw.rectangle([x0, y0, x1, y1], outline=c, width=2)
             else:
-                draw.ellipse([x0 - 4, y0 - 4, x0 + 4, y0 + 4], fill=c, outline=(255, 255, 255))
+                draw.ellipse([x0 - 5, y0 - 5, x0 + 5, y0 + 5], fill=c, outline=(255, 255, 255))
     return np.asarray(im)
 
 
 def panel_geometry(hw: tuple[int, int], n_victims: int, max_side: int | None = 768):
     """(tile h, tile w, scale, panel h, panel w) for an image of size ``hw``: tiles of
-    h×w scaled by ``scale``; the third column is ``max(tile w, INFO_W)`` wide."""
+    h×w scaled by ``scale``; each row is :func:`row_height` tall (images at its top), the
+    third column ``max(tile w, INFO_W)`` wide; 2 + ``n_victims`` rows."""
     h, w = hw
     scale = 1.0 if not max_side or max(h, w) <= max_side else max_side / max(h, w)
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-    rows = 1 + n_victims
+    rows = 2 + n_victims
     return (
         th,
         tw,
         scale,
-        GAP + rows * (HEAD + th + GAP),
+        GAP + rows * (HEAD + row_height(th) + GAP),
         GAP + 2 * (tw + GAP) + max(tw, INFO_W) + GAP,
     )
+
+
+def row_height(th: int) -> int:
+    """A row's height: the tile's, at least 5 lines of text."""
+    return max(th, 5 * LINE + 4)
 
 
 def build_panel(
@@ -237,26 +305,34 @@ def build_panel(
     *,
     attack: str = "adversarial",
     max_side: int | None = 768,
+    gt_masks: np.ndarray | None = None,
+    vmax: float | None = None,
 ) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]]]:
-    """Compose the panel. ``clean``/``adv``: RGB uint8 (H, W, 3), same size.
+    """Compose the panel. ``clean``/``adv``: RGB uint8 (H, W, 3), same size;
+    ``gt_masks``: bool (P, H, W), the ground-truth mask of each prompt (None: the
+    dataset has none and IoUs are against the victim's clean prediction); ``vmax``: top
+    of the perturbation map's scale in /255 (default: the image's max |adv − clean|).
 
     Returns ``(panel, tiles)``: the panel RGB uint8 (see module docstring for the
     layout and :func:`panel_geometry` for its size) and each tile's ``(y, x, h, w)``
-    by name (``clean``, ``adversarial``, ``perturbation``, ``<victim>/clean``,
-    ``<victim>/adversarial``, ``<victim>/iou``). Without downscaling the
-    ``adversarial`` tile holds ``adv`` pixel for pixel.
+    by name (``clean``, ``adversarial``, ``perturbation``, ``ground_truth``,
+    ``prompts``, ``scale``, ``<victim>/clean``, ``<victim>/adversarial``,
+    ``<victim>/iou``). Without downscaling the ``adversarial`` tile holds ``adv`` pixel
+    for pixel.
     """
     if clean.shape != adv.shape:
         raise DataError(
             f"clean image {clean.shape} and adversarial image {adv.shape} differ in size"
         )
     th, tw, scale, ph, pw = panel_geometry(clean.shape[:2], len(victims), max_side)
+    rh = row_height(th)
+    iw = max(tw, INFO_W)
     canvas = Image.new("RGB", (pw, ph), (255, 255, 255))
     font = _font()
     tiles: dict[str, tuple[int, int, int, int]] = {}
 
     def put(name: str, caption: str, tile: np.ndarray, r: int, c: int) -> None:
-        y = GAP + r * (HEAD + th + GAP) + HEAD
+        y = GAP + r * (HEAD + rh + GAP) + HEAD
         x = GAP + c * (tw + GAP)
         cw = tw if c < 2 else pw - x - GAP
         strip = Image.new("RGB", (cw, HEAD - 2), (255, 255, 255))  # caption clipped to its column
@@ -265,18 +341,50 @@ def build_panel(
         canvas.paste(Image.fromarray(tile), (x, y))
         tiles[name] = (y, x, tile.shape[0], tile.shape[1])
 
+    def text_tile(lines: Sequence[tuple[str, tuple[int, int, int]]], w: int) -> np.ndarray:
+        info = Image.new("RGB", (w, rh), (248, 248, 248))
+        d = ImageDraw.Draw(info)
+        y = 2
+        for text, color in lines:
+            for part in textwrap.wrap(text, max(10, w // 8)) or [""]:
+                if y + LINE > rh:
+                    break
+                d.text((4, y), part, fill=color, font=font)
+                y += LINE
+        return np.asarray(info)
+
     c_small, a_small = _resize(clean, (th, tw)), _resize(adv, (th, tw))
-    linf = int(np.abs(adv.astype(np.int16) - clean.astype(np.int16)).max())
+    top = perturbation_scale(clean, adv, vmax)
+    dmax = np.abs(adv.astype(np.int16) - clean.astype(np.int16)).max(axis=2)
+    at_top = float((dmax >= top - 1e-9).mean()) if dmax.size else 0.0
     put("clean", "clean", c_small, 0, 0)
     put("adversarial", attack, a_small, 0, 1)
     put(
         "perturbation",
-        f"|adv - clean| amplified (max {linf}/255)",
-        _resize(perturbation_tile(clean, adv), (th, tw)),
+        f"|adv - clean|, 0 to {top:g}/255",
+        _resize(perturbation_tile(clean, adv, vmax), (th, tw)),
         0,
         2,
     )
-    for r, vm in enumerate(victims, start=1):
+    n = len(prompts) if prompts is not None else 0
+    if gt_masks is not None:
+        put("ground_truth", "ground truth", _overlay(c_small, gt_masks, prompts, scale), 1, 0)
+    else:
+        put(
+            "ground_truth",
+            "no ground truth",
+            text_tile([("IoU is against each victim's clean prediction", (120, 0, 0))], tw),
+            1,
+            0,
+        )
+    plines = [
+        (f"#{k} {prompts.kinds[k]}, mask {int(prompts.mask_index[k])}", COLORS[k % len(COLORS)])
+        for k in range(n)
+    ]
+    put("prompts", "prompts", text_tile(plines, tw), 1, 1)
+    put("scale", f"perturbation scale ({100 * at_top:.0f}% of pixels at the top)",
+        scale_tile(rh, iw, top), 1, 2)  # fmt: skip
+    for r, vm in enumerate(victims, start=2):
         put(
             f"{vm.name}/clean",
             f"{vm.name}: clean",
@@ -291,26 +399,16 @@ def build_panel(
             r,
             1,
         )
-        iw = max(tw, INFO_W)
-        info = Image.new("RGB", (iw, th), (248, 248, 248))
-        d = ImageDraw.Draw(info)
-        y = 2
-        n = len(prompts) if prompts is not None else 0
+        lines = []
         for k in range(n):
             ci = vm.clean_iou[k] if k < len(vm.clean_iou) else float("nan")
             ai = vm.adv_iou[k] if k < len(vm.adv_iou) else float("nan")
-            d.text(
-                (4, y),
-                f"#{k} {prompts.kinds[k]} m{int(prompts.mask_index[k])}: {_num(ci)} -> {_num(ai)}",
-                fill=COLORS[k % len(COLORS)],
-                font=font,
+            lines.append(
+                (f"#{k} {prompts.kinds[k]}: {_num(ci)} -> {_num(ai)}", COLORS[k % len(COLORS)])
             )
-            y += 12
         if vm.note:
-            for line in textwrap.wrap(f"masks not drawn: {vm.note}", max(10, iw // 6)):
-                d.text((4, y), line, fill=(150, 0, 0), font=font)
-                y += 12
-        put(f"{vm.name}/iou", "IoU % (stored): clean -> adversarial", np.asarray(info), r, 2)
+            lines.append((f"masks not drawn: {vm.note}", (150, 0, 0)))
+        put(f"{vm.name}/iou", "IoU % (stored): clean -> adv", text_tile(lines, iw), r, 2)
     return np.asarray(canvas), tiles
 
 
@@ -375,7 +473,8 @@ def show(
     if not path.exists():
         raise UadbenchError(f"no adversarial image at {path}; was the run's adv/ folder deleted?")
     adv = load_png(path)
-    clean = load_clean_image(manifest, str(sample_id))
+    sample = load_clean_sample(manifest, str(sample_id))
+    clean = np.asarray(sample.image, dtype=np.uint8)
     vorder = [v["name"] if isinstance(v, dict) else str(v) for v in manifest.get("victims", [])]
     present = list(dict.fromkeys(arows["victim"]))
     names = (
@@ -397,7 +496,20 @@ def show(
 
         cm, am, note = masks[v]
         vms.append(VictimMasks(v, cm, am, iou_of(CLEAN), iou_of(attack), note))
-    panel, _ = build_panel(clean, adv, vms, prompts, attack=attack, max_side=max_side)
+    gt = None
+    if sample.has_gt and (arows["reference"] == "gt").all():
+        gt = np.asarray(sample.masks)[prompts.mask_index]
+    eps = float(first["eps"])
+    panel, _ = build_panel(
+        clean,
+        adv,
+        vms,
+        prompts,
+        attack=attack,
+        max_side=max_side,
+        gt_masks=gt,
+        vmax=round(eps * 255, 2) if eps > 0 else None,
+    )
     out = Path(out) if out else run_dir / "panels" / f"{_slug(str(sample_id))}_{_slug(attack)}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(panel).save(out)

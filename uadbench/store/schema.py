@@ -52,3 +52,37 @@ ROW_SCHEMA = pa.schema(
 )
 COLUMNS = [f.name for f in ROW_SCHEMA]
 CLEAN = "clean"
+
+# Perturbation rows: one per adversarial image (attack job), beside the IoU rows under
+# <run>/perturbation/; the columns are defined in uadbench/eval/perturbation.py.
+PERTURBATION_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("sample_id", pa.string()),
+        ("attack", pa.string()),
+        ("attack_name", pa.string()),
+        ("attack_hash", pa.string()),
+        ("eps", pa.float64()),
+        ("surrogate", pa.string()),
+        ("seed", pa.int64()),
+        ("height", pa.int64()),
+        ("width", pa.int64()),
+        ("linf", pa.float64()),
+        ("linf_255", pa.float64()),
+        ("l2", pa.float64()),
+        ("l2_255", pa.float64()),
+        ("l2_pixel", pa.float64()),
+        ("l2_pixel_255", pa.float64()),
+        ("psnr", pa.float64()),
+        ("ssim", pa.float64()),
+        ("ms_ssim", pa.float64()),
+        ("lpips", pa.float64()),
+        ("wall_seconds", pa.float64()),
+        ("cpu_seconds", pa.float64()),
+        ("gpu_seconds", pa.float64()),
+        ("peak_mem_mb", pa.float64()),
+        ("peak_rss_mb", pa.float64()),
+        ("batch_size", pa.int64()),
+    ]
+)
+PERTURBATION_COLUMNS = [f.name for f in PERTURBATION_SCHEMA]
