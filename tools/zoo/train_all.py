@@ -1,6 +1,6 @@
 """Retrain the whole tiny zoo with the shipped recipes, teachers before their students.
 
-Each model is one ``uadbench zoo train NAME`` (a subprocess with its recipe's torch
+Each model is one ``python -m tools.zoo train NAME`` (a subprocess with its recipe's torch
 threads: two for the teacher, one for each student); models whose teacher is done run
 side by side, ``--jobs`` at a time (default 2: the students of zoo-vit-sam train in
 parallel on a 2-core machine). A student is distilled
@@ -10,9 +10,11 @@ each model stopped (finished models are skipped).
 
 Usage::
 
-    python scripts/train_zoo.py                      # into uadbench/zoo (replaces the shipped zoo)
-    python scripts/train_zoo.py --out /tmp/zoo --only zoo-hf-sam --resume
-    python scripts/train_zoo.py -- --group-loss 0    # extra flags for every `zoo train`
+    make zoo                                              # into uadbench/zoo (replaces the shipped zoo)
+    python -m tools.zoo.train_all --out /tmp/zoo --only zoo-hf-sam --resume
+    python -m tools.zoo.train_all -- --group-loss 0       # extra flags for every `zoo train`
+
+(from the repository root: ``tools`` is a package of the source tree, not installed).
 
 After replacing the shipped weights, regenerate the baselines (``make baselines``): the
 test suite compares the weights digest the baselines were made with.
@@ -29,7 +31,11 @@ from pathlib import Path
 
 from uadbench.zoo import ZOO_NAMES
 from uadbench.zoo.models import ZOO_DIR
-from uadbench.zoo.train import RECIPES, has_progress
+
+from .train import RECIPES, has_progress
+
+#: the repository root: the trainings run ``python -m tools.zoo`` from there
+REPO = Path(__file__).resolve().parents[2]
 
 
 def has_state(out: Path, name: str) -> bool:
@@ -39,7 +45,7 @@ def has_state(out: Path, name: str) -> bool:
 
 
 def command(name: str, out: Path, resume: bool, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "uadbench.cli", "zoo", "train", name, "--out", str(out)]
+    cmd = [sys.executable, "-m", "tools.zoo", "train", name, "--out", str(out)]
     teacher = RECIPES[name].teacher
     if teacher:
         cmd += ["--teacher-checkpoint", str(out / f"{teacher}.safetensors")]
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=ZOO_NAMES, help="train only these")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (default 2)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted trainings")
-    ap.add_argument("extra", nargs="*", help="flags passed to every `uadbench zoo train`")
+    ap.add_argument("extra", nargs="*", help="flags passed to every `python -m tools.zoo train`")
     args = ap.parse_args(argv)
     todo = list(args.only or ZOO_NAMES)
     out: Path = args.out or ZOO_DIR
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = command(name, out, args.resume, args.extra)
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
-            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
 
     def is_ready(name: str) -> bool:  # its teacher (if any) is not still to be trained
         t = RECIPES[name].teacher

@@ -1,4 +1,7 @@
-"""Training and evaluating the tiny zoo models on synthetic scenes (CPU-friendly).
+"""Training the tiny zoo models on synthetic scenes (CPU-friendly). Not part of the installed
+package: run it from a source checkout as ``python -m tools.zoo train NAME`` (one model) or
+``make zoo`` (the whole zoo); the shipped models are loaded by :mod:`uadbench.zoo.models` and
+evaluated by :mod:`uadbench.zoo.evaluate`.
 
 Recipe (same for every zoo model; per-model step counts in :data:`RECIPES`):
 
@@ -30,9 +33,7 @@ Recipe (same for every zoo model; per-model step counts in :data:`RECIPES`):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
 import io
 import json
 import logging
@@ -41,7 +42,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import check_device
-from ..errors import ConfigError, DataError
-from ..eval.metrics import iou as iou_pct
-from ..eval.prompts import BOX, POINT, PromptSet, sample_prompts
-from ..store.rundir import atomic_write_bytes
-from .models import ZOO, ZooVictim
+from uadbench.config import check_device
+from uadbench.errors import ConfigError, DataError
+from uadbench.eval.prompts import BOX, POINT, PromptSet
+from uadbench.store.rundir import atomic_write_bytes
+from uadbench.zoo.evaluate import (  # noqa: F401 (evaluate, score_with_grey: part of the API)
+    QUALITY_BAR,
+    evaluate,
+    image_blind,
+    score_with_grey,
+    synthetic_dataset,
+    torch_threads,
+    zoo_class,
+)
+from uadbench.zoo.models import ZooVictim
 
 log = logging.getLogger(__name__)
 
@@ -254,29 +263,6 @@ class TrainingPaused(Exception):
         self.path, self.step, self.total = path, step, total
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block on ``n`` torch CPU threads (``None`` or ``n <= 0``: leave the count as it
-    is), then restore the process's count, also on an error."""
-    prev = torch.get_num_threads()
-    if n is not None and n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-def zoo_class(name: str) -> type[ZooVictim]:
-    """The victim class of zoo model ``name`` (a ConfigError listing the zoo otherwise)."""
-    cls = ZOO.get(name)
-    if cls is None:
-        close = difflib.get_close_matches(name, list(ZOO), n=2, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"unknown zoo model {name!r}.{hint} The zoo has: {', '.join(ZOO)}")
-    return cls
-
-
 # ---------------------------------------------------------------------------- data
 @dataclasses.dataclass
 class TrainingSet:
@@ -289,13 +275,6 @@ class TrainingSet:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def synthetic_dataset(n: int, seed: int, size: int, split: str):
-    """The ``synthetic`` dataset (generated into its cache on first use)."""
-    from ..datasets.synthetic import Synthetic
-
-    return Synthetic(Synthetic.Config(n=n, seed=seed, size=size, split=split))
 
 
 def load_training_set(n: int, seed: int, size: int, split: str = "train") -> TrainingSet:
@@ -913,7 +892,7 @@ def _fit(
                 "distilling its embeddings"
             )
     if cfg.init:
-        from ..victims.checkpoints import load_state_dict_file
+        from uadbench.victims.checkpoints import load_state_dict_file
 
         load_state_dict_file(model, Path(cfg.init).expanduser(), cls.name)
         say(f"starting from the weights in {cfg.init}")
@@ -1180,79 +1159,11 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-# ---------------------------------------------------------------------------- evaluation
-def score_with_grey(
-    victim: Any, samples: Iterable[Any], dataset: str, seed: int
-) -> dict[str, np.ndarray]:
-    """Per prompt of the paper protocol over ``samples`` (with masks): ``iou`` against the
-    ground truth, ``kind``, and the same prompts on a uniform grey image of the same size —
-    ``iou_grey`` against the ground truth and ``agreement`` (IoU with the real image's mask;
-    ~100 for a model that segments from the prompt alone). The grey image is encoded once
-    per image size."""
-    out: dict[str, list] = {"iou": [], "kind": [], "iou_grey": [], "agreement": []}
-    grey_states: dict[tuple[int, ...], Any] = {}
-    for s in samples:
-        prompts = sample_prompts(dataset, s.id, s.hw, s.masks, s.boxes, seed=seed)
-        truth = s.masks[prompts.mask_index]
-        grey = np.full_like(s.image, 128)
-        if grey.shape not in grey_states:
-            with torch.no_grad():
-                grey_states[grey.shape] = victim.embed(grey)
-        pred = victim.predict(s.image, prompts)
-        pred_grey = victim.predict(grey, prompts, state=grey_states[grey.shape])
-        out["iou"].append(iou_pct(pred, truth))
-        out["iou_grey"].append(iou_pct(pred_grey, truth))
-        out["agreement"].append(iou_pct(pred, pred_grey))
-        out["kind"].append(prompts.kinds)
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def evaluate(
-    name: str,
-    checkpoint: str | Path | None = None,
-    n: int = 200,
-    seed: int = 0,
-    size: int = 256,
-    device: str = "cpu",
-    victim: Any = None,
-) -> dict[str, Any]:
-    """Clean mIoU (in %) of a zoo model on ``n`` held-out synthetic test scenes with the
-    paper's prompts (5 points + 3 jittered boxes per mask, first 10 masks).
-
-    Also predicts the same prompts on a uniform grey image of the same size:
-    ``grey_agreement`` is the mean IoU (%) between those masks and the real image's (near
-    100 for a model that segments from the prompt alone), ``miou_grey`` their mIoU.
-
-    Returns ``{"miou_point", "miou_box", "miou", "miou_grey", "grey_agreement", "n_images",
-    "n_prompts", "seconds", ...}``.
-    """
-    if victim is None:
-        cls = zoo_class(name)
-        check_device(device, f"zoo eval {name}")
-        victim = cls(cls.Config(checkpoint=str(checkpoint) if checkpoint else None), device=device)
-    ds = synthetic_dataset(n, seed, size, "test")
-    t0 = time.perf_counter()
-    sc = score_with_grey(victim, (ds.load(sid) for sid in ds.ids()), "synthetic", seed)
-    a, k = sc["iou"], sc["kind"]
-    return {
-        "miou_point": float(a[k == POINT].mean()),
-        "miou_box": float(a[k == BOX].mean()),
-        "miou": float(a.mean()),
-        "miou_grey": float(sc["iou_grey"].mean()),
-        "grey_agreement": float(sc["agreement"].mean()),
-        "n_images": len(ds),
-        "n_prompts": int(len(a)),
-        "seconds": time.perf_counter() - t0,
-        "eval_seed": seed,
-        "eval_size": size,
-    }
-
-
 # ---------------------------------------------------------------------------- model card
 def train_command(name: str, cfg: TrainConfig) -> str:
-    """The ``uadbench zoo train`` command reproducing ``cfg`` (non-default flags only)."""
+    """The ``python -m tools.zoo train`` command reproducing ``cfg`` (non-default flags only)."""
     base = RECIPES.get(name, TrainConfig())
-    parts = [f"uadbench zoo train {name}", f"--seed {cfg.seed}"]
+    parts = [f"python -m tools.zoo train {name}", f"--seed {cfg.seed}"]
     reshaped = False  # a flag that makes the CLI train one round (cmd_zoo_train)
     for field, flag in FLAGS.items():
         if getattr(cfg, field) != getattr(base, field) or (field == "steps" and not cfg.then):
@@ -1460,10 +1371,6 @@ def _teacher_line(cfg: TrainConfig) -> str:
     return line
 
 
-#: the issue's quality bar for zoo models (clean mIoU in %, held-out synthetic scenes)
-QUALITY_BAR = {"miou_point": 70.0, "miou_box": 80.0}
-
-
 def _grey_line(ev: dict[str, Any]) -> str:
     if "grey_agreement" not in ev:
         return ""
@@ -1472,11 +1379,6 @@ def _grey_line(ev: dict[str, Any]) -> str:
         f"that agree {ev['grey_agreement']:.1f}% (mean IoU) with these (a model that segments "
         f"from the prompt alone: ~100) and score {ev['miou_grey']:.1f} mIoU.\n\n"
     )
-
-
-def image_blind(ev: dict[str, Any]) -> bool:
-    """Whether an :func:`evaluate` result says the masks barely depend on the image."""
-    return ev.get("grey_agreement", 100.0) >= 90.0
 
 
 _BLIND = (
