@@ -212,3 +212,24 @@ def test_a_config_built_at_run_time_falls_back_to_importing(tmp_path, monkeypatc
     options, _, how = options_of("dynplug:Dyn")
     assert how == "import"
     assert [(o.name, o.default) for o in options] == [("gain", "2")]
+
+
+def test_a_broken_plugin_is_reported_and_the_others_still_listed(tmp_path, monkeypatch, capsys):
+    """`ls attacks -v` with a plugin whose module cannot be read (a syntax error: no source
+    to parse, and the import fails) names that plugin and its error, lists every other
+    attack, and exits 1; `describe` of it is a one-line error."""
+    (tmp_path / "brokenplug.py").write_text("class Broken(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ATTACKS.register("broken", "brokenplug:Broken", source="brokenplug")
+    try:
+        assert main(["ls", "attacks", "-v"]) == 1
+        out = capsys.readouterr().out
+        assert "attack broken\n  cannot read the options of brokenplug:Broken" in out
+        assert "SyntaxError" in out
+        for name in ATTACKS.names():
+            assert f"attack {name}" in out
+        assert main(["describe", "broken"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "brokenplug:Broken" in err
+    finally:
+        ATTACKS.unregister("broken")

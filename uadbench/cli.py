@@ -201,11 +201,16 @@ def _ls_options(reg, names: list[str]) -> int:
     """``ls -v``: every listed plugin's description with its options."""
     from .describe import describe, format_description
 
+    broken = 0
     for i, name in enumerate(names):
         if i:
             print()
-        print(format_description(describe(reg, name)))
-    return 0
+        try:
+            print(format_description(describe(reg, name)))
+        except UadbenchError as exc:  # one broken plugin does not hide the others
+            broken += 1
+            print(f"{reg.kind} {name}\n  {exc}")
+    return 1 if broken else 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

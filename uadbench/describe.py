@@ -372,10 +372,11 @@ def options_of(target: Any) -> tuple[tuple[Option, ...], str, str]:
 
             try:
                 target = _import_ref(target)
-            except ImportError as exc:
+            except Exception as exc:  # a third-party module may fail in any way
                 raise UadbenchError(
-                    f"cannot read the options of {target}: its module does not import ({exc})"
-                ) from exc
+                    f"cannot read the options of {target}: its source is not a plain class "
+                    f"and importing it failed ({type(exc).__name__}: {exc})"
+                ) from None
     doc = inspect.getdoc(target) or ""
     return _finish(_imported_fields(target), doc), doc, "import"
 
