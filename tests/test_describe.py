@@ -233,3 +233,53 @@ def test_a_broken_plugin_is_reported_and_the_others_still_listed(tmp_path, monke
         assert "\n" not in err and "brokenplug:Broken" in err
     finally:
         ATTACKS.unregister("broken")
+
+
+HELPERS = '''
+import dataclasses
+
+from uadbench.victims.base import VictimConfig
+
+
+def run_field(default, **kw):  # as uadbench.config's: how a result is run, not what it is
+    return dataclasses.field(default=default, metadata={"uadbench_run": True}, **kw)
+
+
+def budget_field(default, **kw):  # as uadbench.config's: written 8 for 8/255
+    return dataclasses.field(default=default, metadata={"uadbench_budget": True}, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoisyConfig(VictimConfig):
+    cache_dir: str = run_field("")
+    """Where decoded masks are cached."""
+    noise: float = budget_field(4 / 255)
+    """Input noise added before the encoder."""
+
+
+class Noisy:
+    Config = NoisyConfig
+'''
+
+
+def test_run_and_budget_field_helpers_are_read_from_source_and_from_the_class(
+    tmp_path, monkeypatch
+):
+    """A field declared with run_field is marked as a run setting, one declared with
+    budget_field gets the budget unit, and the helper's first argument is the default —
+    the same from the source (nothing imported) as from the imported class."""
+    (tmp_path / "noisyplug.py").write_text(HELPERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    static, _, how = options_of("noisyplug:Noisy")
+    assert how == "source" and "noisyplug" not in sys.modules
+    by_name = {o.name: o for o in static}
+    assert by_name["cache_dir"].run and by_name["cache_dir"].default == "''"
+    assert by_name["noise"].unit == "1/255 (8 = 8/255)" and by_name["noise"].default == "4/255"
+    assert not by_name["noise"].run and "Input noise" in by_name["noise"].help
+    import noisyplug
+
+    imported, _, how = options_of(noisyplug.Noisy)
+    assert how == "import"
+    assert [(o.name, o.default, o.unit, o.run, o.help) for o in imported] == [
+        (o.name, o.default, o.unit, o.run, o.help) for o in static
+    ]

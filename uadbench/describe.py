@@ -11,7 +11,10 @@ run time, a compiled module) is the plugin imported and its dataclass inspected.
 Where the meaning of an option comes from, first found wins:
 
 1. the field's metadata: ``dataclasses.field(default=..., metadata={"help": "...",
-   "unit": "px"})`` (``"unit"`` is the only source of the unit column);
+   "unit": "px"})`` (``"unit"`` is the only source of the unit column, but for a budget
+   declared with ``budget_field``). A field declared with ``run_field`` (how a result is
+   run, not what it is: a path, a batch size) is marked ``[run setting]``; the helpers'
+   default is their first argument;
 2. a string literal right after the field (an attribute docstring)::
 
        warp_size: int = 4
@@ -44,6 +47,7 @@ class Option:
     default: str
     unit: str = ""
     help: str = ""
+    run: bool = False  # a run field: how the result is run, not part of its identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +174,26 @@ def _is_classvar(annotation: ast.expr) -> bool:
     return text.startswith(("ClassVar", "typing.ClassVar"))
 
 
-def _field_call(value: ast.expr | None) -> ast.Call | None:
+#: field helpers of uadbench.config (``name(default, ...)`` wrappers of dataclasses.field)
+#: and the metadata keys they set: a run field (how a result is run, not what it is) and a
+#: budget (written ``8`` for 8/255)
+RUN_KEY, BUDGET_KEY = "uadbench_run", "uadbench_budget"
+HELPER_META = {"run_field": {RUN_KEY: True}, "budget_field": {BUDGET_KEY: True}}
+BUDGET_UNIT = "1/255 (8 = 8/255)"
+
+
+def _field_call(value: ast.expr | None) -> tuple[ast.Call, str] | None:
+    """``dataclasses.field(...)`` or a helper wrapping it (any function named ``*field``)."""
     if isinstance(value, ast.Call):
         fn = value.func
         name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
-        if name == "field":
-            return value
+        if name.endswith("field"):
+            return value, name
     return None
+
+
+def _meta_unit(meta: dict) -> str:
+    return str(meta.get("unit") or (BUDGET_UNIT if meta.get(BUDGET_KEY) else ""))
 
 
 def _static_fields(
@@ -200,8 +217,12 @@ def _static_fields(
         if _is_classvar(node.annotation):
             continue
         default, meta = "(required)", {}
-        call = _field_call(node.value)
-        if call is not None:
+        found = _field_call(node.value)
+        if found is not None:
+            call, helper = found
+            meta = dict(HELPER_META.get(helper, {}))
+            if call.args and helper != "field":  # run_field(default), budget_field(default)
+                default = ast.unparse(call.args[0])
             for kw in call.keywords:
                 if kw.arg == "default":
                     default = ast.unparse(kw.value)
@@ -209,9 +230,9 @@ def _static_fields(
                     default = ast.unparse(kw.value) + "()"
                 elif kw.arg == "metadata":
                     try:
-                        meta = ast.literal_eval(kw.value)
-                    except ValueError:
-                        meta = {}
+                        meta.update(ast.literal_eval(kw.value))
+                    except (ValueError, TypeError):
+                        pass
         elif node.value is not None:
             default = ast.unparse(node.value)
         attr_doc = ""
@@ -228,8 +249,9 @@ def _static_fields(
                     name=node.target.id,
                     type=ast.unparse(node.annotation),
                     default=_pretty_default(default),
-                    unit=str(meta.get("unit", "")),
+                    unit=_meta_unit(meta),
                     help=str(meta.get("help") or meta.get("doc") or attr_doc),
+                    run=bool(meta.get(RUN_KEY)),
                 ),
                 doc,
             )
@@ -293,7 +315,9 @@ def _imported_fields(obj: Any) -> list[tuple[Option, str]]:
                     docs[f.name] = ("", cdoc)
     out = []
     for f in dataclasses.fields(cfg):
-        if f.default is not dataclasses.MISSING:
+        if isinstance(f.default, str):
+            default = repr(f.default)  # as the source writes it
+        elif f.default is not dataclasses.MISSING:
             default = _pretty_default(format_value(f.default))
         elif f.default_factory is not dataclasses.MISSING:
             default = _pretty_default(format_value(f.default_factory()))
@@ -308,8 +332,9 @@ def _imported_fields(obj: Any) -> list[tuple[Option, str]]:
                     name=f.name,
                     type=str(typ),
                     default=default,
-                    unit=str(meta.get("unit", "")),
+                    unit=_meta_unit(meta),
                     help=str(meta.get("help") or meta.get("doc") or attr_doc),
+                    run=bool(meta.get(RUN_KEY)),
                 ),
                 cdoc,
             )
@@ -401,6 +426,11 @@ def describe(registry: Any, name: str) -> Description:
     )
 
 
+def _meaning(o: Option) -> str:
+    text = o.help or "-"
+    return f"{text} [run setting]" if o.run else text
+
+
 def format_description(d: Description, width: int = 100) -> str:
     """The text ``uadbench describe`` prints: a header and a table of options."""
     from tabulate import tabulate
@@ -421,8 +451,7 @@ def format_description(d: Description, width: int = 100) -> str:
         return "\n".join(lines)
     has_unit = any(o.unit for o in d.options)
     rows = [
-        [o.name, o.type, o.default, *([o.unit] if has_unit else []), o.help or "-"]
-        for o in d.options
+        [o.name, o.type, o.default, *([o.unit] if has_unit else []), _meaning(o)] for o in d.options
     ]
     headers = ["option", "type", "default", *(["unit"] if has_unit else []), "meaning"]
     lines.append("")
@@ -435,6 +464,11 @@ def format_description(d: Description, width: int = 100) -> str:
             maxcolwidths=[None, 18, 22, *([16] if has_unit else []), 56],
         )
     )
+    if any(o.run for o in d.options):
+        lines.append(
+            "\n[run setting]: how it runs, not what the result is — left out of the result's "
+            "identity (hashes, labels, prompt seeds), so changing it reuses finished results"
+        )
     spec = f"{d.name}:{d.options[0].name}=VALUE"
     lines.append(f"\nset options in a spec: {spec}[,OTHER=VALUE...]")
     return "\n".join(lines)

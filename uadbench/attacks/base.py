@@ -24,14 +24,13 @@ from ..eval.prompts import PromptSet
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps."""
+    """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps.
+    ``eps``: the L∞ budget, a fraction of the [0, 1] pixel range (8/255: 8 grey levels).
+    ``alpha``: the PGD step size, in the same unit. ``steps``: signed-gradient PGD steps."""
 
     eps: float = 8 / 255
-    """L∞ budget, a fraction of the [0, 1] pixel range (8/255: 8 of 255 grey levels)."""
     alpha: float = 2 / 255
-    """PGD step size, a fraction of the [0, 1] pixel range."""
     steps: int = 40
-    """Signed-gradient PGD steps."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.eps <= 1):
