@@ -113,7 +113,7 @@ def test_describe_uad_lists_every_option_with_default_unit_and_meaning(capsys):
     for f in dataclasses.fields(UADConfig):
         assert f.name in rows, f.name
         assert "  -  " not in rows[f.name] + "  ", f"{f.name} has no meaning"
-    assert "8/255" in rows["eps"] and "fraction of the [0, 1] pixel range" in rows["eps"]
+    assert "8/255" in rows["eps"] and "in the [0, 1] pixel range" in rows["eps"]
     assert " 40 " in rows["deform_epochs"] and "(T_D)" in rows["deform_epochs"]
     assert "reference units" in rows["deform_lr"]
     assert "false" in rows["fidelity_grad"].split()  # the default, as a spec writes it
@@ -274,7 +274,7 @@ def test_run_and_budget_field_helpers_are_read_from_source_and_from_the_class(
     assert how == "source" and "noisyplug" not in sys.modules
     by_name = {o.name: o for o in static}
     assert by_name["cache_dir"].run and by_name["cache_dir"].default == "''"
-    assert by_name["noise"].unit == "1/255 (8 = 8/255)" and by_name["noise"].default == "4/255"
+    assert by_name["noise"].unit == "8 = 8/255" and by_name["noise"].default == "4/255"
     assert not by_name["noise"].run and "Input noise" in by_name["noise"].help
     import noisyplug
 

@@ -179,7 +179,7 @@ def _is_classvar(annotation: ast.expr) -> bool:
 #: budget (written ``8`` for 8/255)
 RUN_KEY, BUDGET_KEY = "uadbench_run", "uadbench_budget"
 HELPER_META = {"run_field": {RUN_KEY: True}, "budget_field": {BUDGET_KEY: True}}
-BUDGET_UNIT = "1/255 (8 = 8/255)"
+BUDGET_UNIT = "8 = 8/255"
 
 
 def _field_call(value: ast.expr | None) -> tuple[ast.Call, str] | None:
