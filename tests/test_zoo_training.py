@@ -848,7 +848,7 @@ def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypat
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     whole = load_file(str(tmp_path / "whole" / f"{name}.safetensors"))
     card = (tmp_path / "whole" / f"{name}.md").read_text()
-    assert f"    uadbench zoo train {name} --seed 3\n" in card  # the recipe's rounds: no flags
+    assert f"    python -m tools.zoo train {name} --seed 3\n" in card  # the recipe's rounds: no flags
     out = tmp_path / "shares"
     capsys.readouterr()
     assert main([*args, "--out", str(out), "--max-minutes", "1e-9"]) == 0
@@ -890,5 +890,5 @@ def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypat
     saved = json.loads(weights_metadata(tmp_path / "one" / f"{name}.safetensors")["train_config"])
     assert saved["then"] == [] and saved["steps"] == 1 and saved["seed"] == 3
     card = (tmp_path / "one" / f"{name}.md").read_text()
-    assert f"uadbench zoo train {name} --seed 3 --steps 1" in card
+    assert f"python -m tools.zoo train {name} --seed 3 --steps 1" in card
     assert "rounds set in Python" not in card
