@@ -848,7 +848,8 @@ def test_a_recipe_in_rounds_pauses_and_resumes_across_rounds(tmp_path, monkeypat
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     whole = load_file(str(tmp_path / "whole" / f"{name}.safetensors"))
     card = (tmp_path / "whole" / f"{name}.md").read_text()
-    assert f"    python -m tools.zoo train {name} --seed 3\n" in card  # the recipe's rounds: no flags
+    # the recipe's rounds: no flags
+    assert f"    python -m tools.zoo train {name} --seed 3\n" in card
     out = tmp_path / "shares"
     capsys.readouterr()
     assert main([*args, "--out", str(out), "--max-minutes", "1e-9"]) == 0
