@@ -30,11 +30,12 @@ bench: $(BIN)/.installed
 	UADBENCH_BENCH=1 $(BIN)/pytest tests/benchmarks --benchmark-enable -q
 
 # Retrain the whole tiny zoo in place with the shipped recipes (teacher first, then its
-# students two at a time; ~13 h on 2 cores: ~5 h, then ~8 h); then `make baselines`. ZOO_FLAGS are
-# scripts/train_zoo.py's: ZOO_FLAGS=--resume after an interruption; flags after `--` go to
-# every `uadbench zoo train` (ZOO_FLAGS="-- --steps 2000").
+# students two at a time; ~13 h on 2 cores: ~5 h, then ~8 h); then `make baselines`. The
+# training code is a developer tool of this tree (tools/zoo/, not installed; docs/zoo.md).
+# ZOO_FLAGS are tools/zoo/train_all.py's: ZOO_FLAGS=--resume after an interruption; flags
+# after `--` go to every `python -m tools.zoo train` (ZOO_FLAGS="-- --steps 2000").
 zoo: $(BIN)/.installed
-	$(PRELOAD) $(BIN)/python scripts/train_zoo.py $(ZOO_FLAGS)
+	$(PRELOAD) $(BIN)/python -m tools.zoo.train_all $(ZOO_FLAGS)
 
 # Regenerate the committed CI baselines in results/baselines/ (after retraining the zoo or a
 # deliberate change of defaults); `make baselines ONLY=embedded-default` for one of them;

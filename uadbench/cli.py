@@ -24,8 +24,15 @@ rerunning a command (or any command with the same --out) resumes the run: finish
 
 LS_EPILOG = """examples:
   uadbench ls attacks
+  uadbench ls attacks -v         # with every attack's options (defaults, units, meaning)
   uadbench ls victims            # shows whether each victim's weights were found, and where
   uadbench ls victims 'sam-*'"""
+
+DESCRIBE_EPILOG = """examples:
+  uadbench describe uad          # UAD's options: what --attack uad:KEY=VALUE can set
+  uadbench describe sam-vit-b
+  uadbench describe sa1b
+Options are read from the plugin's source (nothing is imported), third-party plugins too."""
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -164,15 +171,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return _finish(res, args)
 
 
+def _registries() -> dict:
+    from .attacks import ATTACKS
+    from .datasets import DATASETS
+    from .victims import VICTIMS
+
+    return {"attack": ATTACKS, "victim": VICTIMS, "dataset": DATASETS}
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from .describe import describe, format_description
+    from .errors import UnknownNameError
+
+    regs = _registries()
+    kinds = [args.kind] if args.kind else list(regs)
+    found = [k for k in kinds if args.name in regs[k]]
+    if not found:
+        names = sorted({n for k in kinds for n in regs[k].names()})
+        what = args.kind or "plugin"
+        raise UnknownNameError(what, args.name, names)
+    for i, kind in enumerate(found):
+        if i:
+            print()
+        print(format_description(describe(regs[kind], args.name)))
+    return 0
+
+
+def _ls_options(reg, names: list[str]) -> int:
+    """``ls -v``: every listed plugin's description with its options."""
+    from .describe import describe, format_description
+
+    broken = 0
+    for i, name in enumerate(names):
+        if i:
+            print()
+        try:
+            print(format_description(describe(reg, name)))
+        except UadbenchError as exc:  # one broken plugin does not hide the others
+            broken += 1
+            print(f"{reg.kind} {name}\n  {exc}")
+    return 1 if broken else 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    if args.what == "victims":
+    if args.what == "victims" and not args.ls_verbose:
         return _ls_victims(args.pattern)
-    if args.what == "attacks":
-        from .attacks import ATTACKS as reg
-    else:
-        from .datasets import DATASETS as reg
+    reg = _registries()[args.what[:-1]]
+    if args.ls_verbose:
+        return _ls_options(reg, reg.names(args.pattern))
     rows = []
     for e in reg.entries():
         if args.pattern and e.name not in reg.names(args.pattern):
@@ -270,7 +318,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("what", choices=["attacks", "victims", "datasets"])
     p.add_argument("pattern", nargs="?", default=None, help="shell wildcard, e.g. 'sam-*'")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        dest="ls_verbose",
+        action="store_true",
+        help="also each one's options: defaults, units and meaning (as `describe`)",
+    )
     p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser(
+        "describe",
+        help="a plugin's options: type, default, unit and meaning",
+        epilog=DESCRIBE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", help="attack, victim or dataset name (or alias)")
+    p.add_argument(
+        "--kind",
+        choices=["attack", "victim", "dataset"],
+        default=None,
+        help="which registry, when a name is in more than one",
+    )
+    p.set_defaults(func=cmd_describe)
 
     for module, fn in (
         ("uadbench.report.cli", "add_report_commands"),
@@ -295,6 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``args.func(args)`` as a command: a UadbenchError becomes a one-line error (exit
+    2), Ctrl-C or SIGTERM an "interrupted" line (exit 130) saying what was kept."""
     with _sigterm_as_interrupt():
         try:
             return int(args.func(args) or 0)

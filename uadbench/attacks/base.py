@@ -24,7 +24,9 @@ from ..eval.prompts import PromptSet
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps."""
+    """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps.
+    ``eps``: the L∞ budget in the [0, 1] pixel range (8/255: 8 grey levels).
+    ``alpha``: the PGD step size, in the same unit. ``steps``: signed-gradient PGD steps."""
 
     eps: float = 8 / 255
     alpha: float = 2 / 255

@@ -282,24 +282,43 @@ class UADConfig(FeaturePGDConfig):
     """
 
     deform_epochs: int = 40
+    """Stage-1 Adam steps on the control points (T_D)."""
     warp_size: int = 4
+    """Thin-plate-spline warps merged into the target (K)."""
     num_split: int = 6
+    """Control points per side of each warp's grid (n: an n×n grid)."""
     src_rand_range: float = 0.0
+    """Std of the source points' noise, in blocks (image side / n)."""
     dst_rand_range: float = 0.1
+    """Std of the destination points' noise, in blocks."""
     deform_lr: float = 10.0
+    """Adam's learning rate on the points, in reference units (px at 1024)."""
     warp_filter_stride: float = 300.0
+    """Checkerboard cell merging the warps, in reference units."""
     deform_guidance: str = "patch"
+    """L_D: "patch" (−mean|I − Î|, the reference's default) or "ssim" (the paper's MS-SSIM)."""
     control_loss_alpha: float = 0.05
+    """Weight of the control-point smoothness loss L_C (λ_C)."""
     fidelity_loss_alpha: float = 1.0
+    """Weight of the fidelity loss L_F (λ_F)."""
     est_fidelity_iter: int = 4
+    """PGD steps estimating L_F at each stage-1 step (T_f)."""
     fidelity_grad: bool = False
+    """Let L_F's gradient reach the points (the reference detaches f(Î))."""
     use_di: bool = False
+    """Stage 2: Gaussian noise added to the input of every forward (not kept in the iterate)."""
     di_noise_std: float = 4 / 255
+    """Std of use_di's noise, fraction of the [0, 1] pixel range."""
     use_mi: bool = False
+    """Stage 2: momentum over per-image L1-normalised gradients (MI-FGSM)."""
     mi_momentum: float = 1.0
+    """Decay factor of use_mi's momentum."""
     ref_size: int = 1024
+    """Side (px) of the reference frame: one reference unit is max(H, W)/ref_size px."""
     pixel_std: tuple[float, ...] = SAM_PIXEL_STD
+    """Per-channel std (0-255 scale) of the normalized space L_D is computed in."""
     skip_unused_estimates: bool = True
+    """Skip the L_F estimates the result does not use (same output, faster)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

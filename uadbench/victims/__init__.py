@@ -75,7 +75,7 @@ VICTIMS.register(
 )
 
 # The tiny zoo: small victims of several architectures trained by the project itself
-# (weights ship in uadbench/zoo/*.safetensors; `uadbench zoo train NAME` rebuilds them).
+# (weights ship in uadbench/zoo/*.safetensors; tools/zoo/, `make zoo`, rebuilds them).
 VICTIMS.register(
     "zoo-vit-sam",
     "uadbench.zoo.models:ZooViTSam",

@@ -1,5 +1,6 @@
 """The tiny zoo: small promptable segmenters of different architectures, trained by the
-project on synthetic scenes (``uadbench zoo train NAME``) and shipped as safetensors.
+project on synthetic scenes (``tools/zoo/`` of the source tree, ``make zoo``; see
+docs/zoo.md) and shipped as safetensors.
 
 Every zoo victim predicts through the same interface as the big models (one bool mask
 per prompt; all prompts of an image in one decoder call) and loads its weights from
@@ -210,7 +211,10 @@ class ZooVictim(SamFamilyVictim):
 
     def build(self) -> nn.Module:
         status = self.weights_status(self.config)
-        hint = f"rebuild it with `uadbench zoo train {self.name} --out {ZOO_DIR}`"
+        hint = (
+            f"rebuild it from a source checkout with `python -m tools.zoo train {self.name} "
+            f"--out {ZOO_DIR}` (docs/zoo.md)"
+        )
         if not status.found:
             how = (
                 f"Zoo weights ship with uadbench; {hint} (zoo-vit-sam about 2.5 h on two CPU "

@@ -1,0 +1,8 @@
+"""``python -m tools.zoo train NAME ...`` (from the repository root)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
