@@ -48,19 +48,33 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ..errors import UadbenchError
     from ..store.rundir import load_manifest, load_rows
-    from .stats import compare, render_compare
+    from .stats import all_pairs, compare_pairs, render_compare
 
     man = load_manifest(args.run)
-    table = compare(
-        load_rows(args.run),
-        args.a,
-        args.b,
+    rows = load_rows(args.run)
+    if args.all:
+        if args.a or args.b:
+            raise UadbenchError("--all compares every pair of attacks; drop --a/--b")
+        pairs = all_pairs(rows)
+        if not pairs:
+            raise UadbenchError("--all needs at least two attacks besides clean in the run")
+    elif args.a and args.b:
+        pairs = [(args.a, args.b)]
+    else:
+        raise UadbenchError("name two attacks with --a and --b, or compare every pair with --all")
+    table = compare_pairs(
+        rows,
+        pairs,
         victims=_victims_arg(args.victims),
         metrics=args.metrics,
-        n_boot=args.n_boot,
+        n_perm=args.n_perm,
         seed=args.seed,
         alpha=args.alpha,
+        correction=args.correction,
+        test=args.test,
+        equivalence=args.equivalence,
         unit=args.unit,
         pairing=str(man.get("pairing", "prompt")),
     )
@@ -177,22 +191,51 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="significance of the difference between two attacks",
         formatter_class=_RAW,
-        description="Per victim: difference in mIoU and ASR@50 with a paired image-level cluster "
-        "bootstrap CI, Wilcoxon signed-rank p on per-image means and Holm-adjusted p. "
-        "delta > 0 means attack A is stronger (mIoU: B - A; ASR: A - B).",
+        description="Per victim and metric: the mean over images of the per-image difference "
+        "(delta > 0 means attack A is stronger: mIoU B - A, ASR A - B), a paired sign-flip "
+        "permutation test of it (exact up to 16 images, seeded Monte Carlo beyond), its "
+        "confidence interval by inverting the same test, and p adjusted over every line shown "
+        "(Bonferroni by default: the intervals are simultaneous). Each line also shows the "
+        "minimum detectable effect at 80%% power; a warning says when nothing could be "
+        "significant. See docs/statistics.md.",
         epilog="examples:\n"
         "  uadbench compare results/run1 --a uad --b tap\n"
         "  uadbench compare results/au --a uad --b pata++ --victims sam-vit-b,sam-vit-h\n"
-        "  uadbench compare results/run1 --a uad --b aa --n-boot 5000 --format markdown",
+        "  uadbench compare results/run1 --all                 # every pair, one family\n"
+        "  uadbench compare results/run1 --a uad --b tap --equivalence 2   # TOST at 2 pp\n"
+        "  uadbench compare results/run1 --a uad --b aa --test wilcoxon --format markdown",
     )
     p.add_argument("run", metavar="RUN")
-    p.add_argument("--a", required=True, help="attack label A")
-    p.add_argument("--b", required=True, help="attack label B")
+    p.add_argument("--a", help="attack label A")
+    p.add_argument("--b", help="attack label B")
+    p.add_argument(
+        "--all", action="store_true", help="every pair of attacks (clean excluded), one family"
+    )
     p.add_argument("--victims", nargs="+", help="victims (default: all with rows for both)")
     p.add_argument("--metrics", default="miou,asr50")
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--n-perm",
+        type=int,
+        default=9999,
+        help="Monte Carlo sign patterns beyond 16 images (raised when the family needs more)",
+    )
+    p.add_argument("--n-boot", type=int, help=argparse.SUPPRESS)  # former option, ignored
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo sign patterns")
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")
+    p.add_argument(
+        "--test",
+        choices=["sign-flip", "wilcoxon"],
+        default="sign-flip",
+        help="wilcoxon: signed-rank test of symmetry with the Hodges-Lehmann estimate "
+        "(an alternative; it does not test the mean)",
+    )
+    p.add_argument(
+        "--equivalence",
+        type=float,
+        metavar="MARGIN",
+        help="also test equivalence (TOST): is |delta| < MARGIN (percentage points)?",
+    )
     p.add_argument(
         "--unit",
         choices=["image", "prompt"],
