@@ -265,7 +265,7 @@ def family_tests(
     diffs: Sequence[np.ndarray],
     *,
     alpha: float = 0.05,
-    alternative: str = "two-sided",
+    alternative: str | Sequence[str] = "two-sided",
     null: Sequence[float] | float = 0.0,
     correction: str = "bonferroni",
     n_perm: int = N_PERM,
@@ -288,7 +288,9 @@ def family_tests(
     significant). Monte Carlo draws grow with the family so that ``min_p_adj`` stays
     below alpha/10 where n allows it.
     """
-    if alternative not in ("two-sided", "greater", "less"):
+    m = len(diffs)
+    alts = [alternative] * m if isinstance(alternative, str) else list(alternative)
+    if len(alts) != m or any(a not in ("two-sided", "greater", "less") for a in alts):
         raise UadbenchError(f"unknown alternative {alternative!r}")
     if test not in TESTS:
         raise UadbenchError(f"unknown test {test!r}; choose from {', '.join(TESTS)}")
@@ -296,12 +298,11 @@ def family_tests(
         raise UadbenchError(f"--alpha {alpha} must be between 0 and 1")
     if n_perm < 99:
         raise UadbenchError(f"--n-perm {n_perm} is too small; use at least 999")
-    m = len(diffs)
     nulls = np.broadcast_to(np.asarray(null, dtype=np.float64), (m,))
     rng = np.random.default_rng(seed)
-    sides = 1 if alternative == "two-sided" else 0
+    two = any(a == "two-sided" for a in alts)
     # enough Monte Carlo draws that the smallest p times m stays well below alpha
-    draws = max(n_perm, int(np.ceil(20 * (1 + sides) * max(m, 1) / alpha)))
+    draws = max(n_perm, int(np.ceil(20 * (1 + two) * max(m, 1) / alpha)))
     dists, p, cache = [], np.full(m, np.nan), {}
     for i, d in enumerate(diffs):
         d = np.asarray(d, dtype=np.float64)
@@ -310,10 +311,10 @@ def family_tests(
         if dist is None:
             continue
         if test == "wilcoxon":
-            p[i] = signed_rank_p(d - nulls[i], alternative)
-        elif alternative == "two-sided":
+            p[i] = signed_rank_p(d - nulls[i], alts[i])
+        elif alts[i] == "two-sided":
             p[i] = dist.p_two_sided(nulls[i])
-        elif alternative == "greater":
+        elif alts[i] == "greater":
             p[i] = dist.p_greater(nulls[i])
         else:
             p[i] = dist.p_less(nulls[i])
@@ -341,6 +342,8 @@ def family_tests(
             a_eff = alpha / max(m_eff, 1)
         else:
             a_eff = alpha * p[i] / p_adj[i]
+        alternative = alts[i]
+        sides = alternative == "two-sided"
         a_side = a_eff / 2 if sides else a_eff
         min_p = dist.min_p if sides else dist.min_p / 2
         rec["min_p_adj"] = min(1.0, min_p * max(m_eff, 1))
@@ -380,7 +383,7 @@ def family_tests(
         family=m_eff,
         correction=correction,
         alpha=alpha,
-        alternative=alternative,
+        alternative=alts[0] if len(set(alts)) == 1 else "one-sided" if not two else "mixed",
         test=test,
         draws=draws,
         seed=seed,
@@ -405,6 +408,7 @@ def describe(
         + (f"; exact up to {EXACT_MAX} images" if mixed else "")
     )
     side = {"two-sided": "two-sided", "greater": "one-sided", "less": "one-sided"}
+    side.update({"one-sided": "one-sided", "mixed": "two- and one-sided"})
     if attrs["test"] == "wilcoxon":
         test = (
             "Wilcoxon signed-rank test of symmetry about 0 of the per-"
