@@ -32,18 +32,26 @@ def _victims_arg(values: list[str] | None) -> list[str] | None:
 
 # ----------------------------------------------------------------------------- handlers
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import parse_metrics, render, runs_table
+    from .leaderboard import LB_METRICS, parse_metrics, render, runs_table
 
-    metrics = parse_metrics(args.metrics)
-    table = runs_table(args.runs, by_kind=args.by_kind, valid_only=args.valid_only)
+    metrics = None if args.metrics == "auto" else parse_metrics(args.metrics, LB_METRICS)
+    table = runs_table(
+        args.runs,
+        by_kind=args.by_kind,
+        by_size=args.by_size,
+        valid_only=args.valid_only,
+        split=args.split,
+        metrics=metrics or ("miou", "asr50", "asr50cc"),
+        alpha=args.alpha,
+        correction=args.correction,
+        ci=args.ci,
+        seed=args.seed,
+    )
     title = None
     if args.format != "csv":
-        title = (
-            "Leaderboard: "
-            + ", ".join(args.runs)
-            + (" (valid prompts only: clean IoU > 50)" if args.valid_only else "")
-        )
-    _emit(render(table, args.format, metrics, title=title), args.out)
+        title = "Leaderboard: " + ", ".join(args.runs)
+    text = render(table, args.format, metrics, title=title, show_n=args.n, show_ci=args.ci)
+    _emit(text, args.out)
     return 0
 
 
@@ -180,25 +188,50 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "leaderboard",
         help="table of mIoU / ASR per attack and victim",
         formatter_class=_RAW,
-        description="Rows = attacks (clean first), columns = victims; best attack per column "
-        "marked (* in the terminal, bold elsewhere). CSV is tidy: one line per "
-        "(attack, victim).",
+        description="Rows = attacks (clean first), columns = victims. An attack is marked "
+        "best in its column (* in the terminal, bold elsewhere) only where it is "
+        "significantly stronger than the runner-up (paired sign-flip test on per-image "
+        "means, Bonferroni over the columns tested). ASR@50 clean-correct counts only "
+        "prompts whose clean mask was right. Runs that cannot be pooled (other dataset, "
+        "prompts, surrogate, seed or reference masks) are refused, or shown side by side "
+        "with --split. CSV is tidy: one line per (attack, victim [, split]).",
         epilog="examples:\n"
         "  uadbench leaderboard results/run1\n"
         "  uadbench leaderboard results/run1 --format markdown --metrics miou,asr50,asr10\n"
-        "  uadbench leaderboard results/run1 results/au --format latex --out table.tex\n"
-        "  uadbench leaderboard results/run1 --by-kind --valid-only\n"
+        "  uadbench leaderboard results/run1 --format latex --n --ci --out table.tex\n"
+        "  uadbench leaderboard results/run1 --by-kind --by-size --valid-only\n"
+        "  uadbench leaderboard results/run1 results/run2 --split\n"
         "  uadbench leaderboard results/run1 --format csv --out leaderboard.csv",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (rows are pooled)")
     p.add_argument("--format", choices=fmts, default="terminal")
-    p.add_argument("--metrics", default="miou,asr50", help="comma list of miou, asr50, asr10")
+    p.add_argument(
+        "--metrics",
+        default="auto",
+        help="comma list of miou, asr50, asr10, asr50cc (default: miou, asr50 and, with "
+        "clean rows, asr50cc)",
+    )
     p.add_argument("--by-kind", action="store_true", help="add point-only and box-only lines")
+    p.add_argument(
+        "--by-size",
+        action="store_true",
+        help="add small / medium / large object lines (COCO area thresholds 32^2, 96^2 px)",
+    )
     p.add_argument(
         "--valid-only",
         action="store_true",
-        help="keep prompts whose clean IoU > 50 (needs clean rows)",
+        help="keep prompts whose clean IoU > 50 (needs clean rows; judged per run)",
     )
+    p.add_argument("--n", action="store_true", help="show images/prompts per cell")
+    p.add_argument(
+        "--ci", action="store_true", help="show a 95%% cluster-bootstrap interval per cell"
+    )
+    p.add_argument(
+        "--split", action="store_true", help="runs that cannot be pooled: one table per pool"
+    )
+    p.add_argument("--alpha", type=float, default=0.05, help="level of the 'best' marks")
+    p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")
+    p.add_argument("--seed", type=int, default=0, help="seed of resampling (CI, Monte Carlo)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_leaderboard)
 
