@@ -468,3 +468,27 @@ def test_runs_are_pooled_only_when_comparable_and_valid_only_is_per_run(tmp_path
     f = write_run(tmp_path / "f", r3, ident | {"seed": 2})
     t = runs_table([a, f], split=True, valid_only=True).set_index("attack")
     assert t.loc["uad", "n_prompts"] == 1 and t.loc["tap", "n_prompts"] == 2
+
+
+def test_seeds_table_mean_and_between_seed_sd(tmp_path):
+    from uadbench.report.leaderboard import seeds_table
+
+    ident = {"dataset": {"hash": "a"}, "seed": 0, "surrogate": {"hash": "s"}, "prompts": {}}
+    runs = []
+    for seed, uad in ((0, [10.0, 30.0]), (1, [20.0, 40.0]), (2, [60.0, 20.0])):
+        rows = make_rows({("clean", "v"): [90.0, 80.0], ("uad", "v"): uad}).assign(seed=seed)
+        runs.append(write_run(tmp_path / f"s{seed}", rows, ident | {"seed": seed}))
+    t = seeds_table(runs).set_index("attack")
+    means = [20.0, 30.0, 40.0]  # per seed mIoU of uad
+    assert t.loc["uad", "miou"] == pytest.approx(np.mean(means))
+    assert t.loc["uad", "miou_seed_sd"] == pytest.approx(np.std(means, ddof=1))
+    assert t.loc["uad", "n_seeds"] == 3 and t.loc["clean", "miou_seed_sd"] == 0
+    text = render(seeds_table(runs), "terminal", "miou")
+    assert "30.00 ± 10.00" in text and "between-seed SD over 3 runs (seeds 0, 1, 2)" in text
+    other = write_run(
+        tmp_path / "o",
+        make_rows({("uad", "v"): [1.0, 2.0]}),
+        ident | {"seed": 5, "dataset": {"hash": "b"}},
+    )
+    with pytest.raises(UadbenchError, match="differ only in their seed"):
+        seeds_table([runs[0], other])

@@ -35,6 +35,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import LB_METRICS, parse_metrics, render, runs_table
 
     metrics = None if args.metrics == "auto" else parse_metrics(args.metrics, LB_METRICS)
+    if args.seeds:
+        from .leaderboard import seeds_table
+
+        table = seeds_table(
+            args.runs, by_kind=args.by_kind, by_size=args.by_size, valid_only=args.valid_only
+        )
+        title = None if args.format == "csv" else "Leaderboard over seeds: " + ", ".join(args.runs)
+        _emit(render(table, args.format, metrics, title=title, show_n=args.n), args.out)
+        return 0
     table = runs_table(
         args.runs,
         by_kind=args.by_kind,
@@ -228,6 +237,11 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--split", action="store_true", help="runs that cannot be pooled: one table per pool"
+    )
+    p.add_argument(
+        "--seeds",
+        action="store_true",
+        help="the RUNs differ only in their seed: mean ± between-seed SD per cell",
     )
     p.add_argument("--alpha", type=float, default=0.05, help="level of the 'best' marks")
     p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")

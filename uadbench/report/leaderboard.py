@@ -425,6 +425,8 @@ def _wide(table: pd.DataFrame, metrics: Sequence[str], show_ci: bool, show_n: bo
                     line.append(("–", False))
                     continue
                 text = _fmt(float(rec[m]))
+                if f"{m}_seed_sd" in rec and text != "–":
+                    text += f" ± {_fmt(float(rec[f'{m}_seed_sd']))}"
                 if show_ci and f"{m}_ci_low" in rec and text != "–":
                     text += (
                         f" [{_fmt(float(rec[f'{m}_ci_low']))}, {_fmt(float(rec[f'{m}_ci_high']))}]"
@@ -458,6 +460,12 @@ def _notes(table: pd.DataFrame, metrics: Sequence[str], show_n: bool) -> list[st
         notes.append("valid prompts only: clean IoU > 50 (per run)")
     if show_n:
         notes.append("n: images/prompts of the cell")
+    if table.attrs.get("seeds"):
+        seeds = table.attrs["seeds"]
+        notes.append(
+            f"mean ± between-seed SD over {len(seeds)} runs (seeds {', '.join(map(str, seeds))}); "
+            "no best is marked across seeds: see each seed's leaderboard"
+        )
     if table.attrs.get("ci"):
         notes.append(f"[lo, hi]: {table.attrs['ci']} (per cell, not a comparison)")
     best = table.attrs.get("best") or {}
@@ -754,3 +762,50 @@ def runs_table(
     )
     table.attrs["best"] = best
     return table
+
+
+def seeds_table(runs: Sequence, **kw) -> pd.DataFrame:
+    """One leaderboard over runs that differ only in their seed (as ``run --seeds``
+    makes): each cell is the mean over the runs of its value, with the between-seed SD
+    (``<m>_seed_sd``, ddof 1) and ``n_seeds``. Runs that differ in anything else
+    (dataset, prompts, surrogate, reference masks) are refused. Best marks are not made
+    across seeds (each seed's run has its own, with ``leaderboard RUN``)."""
+    from ..store.rundir import load_manifest, load_rows
+
+    if len(runs) < 2:
+        raise UadbenchError("--seeds needs the runs of at least two seeds")
+    keys, seeds, tables = [], [], []
+    for run in runs:
+        man = load_manifest(run)
+        rows = load_rows(run)
+        if rows.empty:
+            raise UadbenchError(f"no result rows in {run}; has the run finished any job?")
+        key = _pool_key(man, rows)
+        seeds.append(key["identity"].get("seed", man.get("seed")))
+        key["identity"] = {k: v for k, v in key["identity"].items() if k != "seed"}
+        keys.append(json.dumps(key, sort_keys=True, default=str))
+        a, v = manifest_orders(man)
+        tables.append(leaderboard_table(rows, attack_order=a, victim_order=v, **kw))
+    if len(set(keys)) > 1:
+        raise UadbenchError(
+            "--seeds pools runs that differ only in their seed; these differ in more "
+            "(dataset, prompts, surrogate or reference masks)"
+        )
+    if len(set(map(str, seeds))) < len(seeds):
+        raise UadbenchError(f"--seeds: two runs have the same seed ({seeds}); give each its own")
+    values = ["n_prompts", "n_images", *LB_METRICS]
+    allt = pd.concat([t[[*CELL_KEYS, *values]] for t in tables], ignore_index=True)
+    g = allt.groupby(CELL_KEYS, sort=False)
+    out = g[values].mean()
+    for m in LB_METRICS:
+        out[f"{m}_seed_sd"] = g[m].std(ddof=1)
+    out["n_seeds"] = g.size()
+    out = out.reset_index()
+    first = tables[0]
+    out = out.merge(first[[*CELL_KEYS, "attack_name", "eps"]], on=CELL_KEYS, how="left")
+    for m in LB_METRICS:
+        out[f"best_{m}"] = False
+    out["n_prompts"] = out["n_prompts"].round().astype(int)
+    out["n_images"] = out["n_images"].round().astype(int)
+    out.attrs["seeds"] = [s for s in seeds]
+    return out
