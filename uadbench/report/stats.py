@@ -176,7 +176,7 @@ class SignFlip:
     @property
     def min_p(self) -> float:
         """Smallest attainable two-sided p for this n and these patterns."""
-        return min(1.0, 2.0 * (1 + (self.always - 1 if self.exact else 0)) / self.draws)
+        return min(1.0, 2.0 * self.always / self.draws)
 
 
 def sign_flip(
