@@ -331,7 +331,7 @@ def render_check(table: pd.DataFrame, fmt: str = "terminal") -> str:
         if len(lvl):
             foot.append(
                 f"bound: one-sided {100 * lvl.min():.2f}% confidence bound of delta (the "
-                f"inverted test); a line is a REGRESSION when the bound is past the margin "
+                f"inverted test); a line is a regression when the bound is past the margin "
                 f"({attrs.get('margin', 0):g} pp) on the 'worse' side"
             )
         mp = tested["min_p_adj"].dropna()
