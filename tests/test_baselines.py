@@ -117,8 +117,13 @@ def test_embedded_default_mirrors_the_offline_default():
     adv = rows[rows["attack"] != CLEAN]
     n_lines = 2 * adv.groupby(["attack", "victim"]).ngroups  # mIoU and ASR@50 per pair
     n_images = adv.groupby(["attack", "victim"])["sample_id"].nunique().min()
-    # the smallest p the one-sided exact signed-rank test can give is 2**-n, times Holm's m
-    floor = n_lines * 2.0**-n_images
+    # the smallest adjusted p `check` can reach: its one-sided exact sign-flip test gives
+    # at least 2**-n, times the family's size (Bonferroni)
+    from uadbench.report.stats import family_tests
+
+    fam = family_tests([np.ones(n_images)] * n_lines, alternative="less")
+    floor = float(fam["min_p_adj"].min())
+    assert floor == n_lines * 2.0**-n_images
     assert floor < ALPHA / 10, (
         f"{n_images} images and {n_lines} checked lines: no regression could ever be "
         f"significant (smallest Holm-adjusted p = {floor:.3g}); use more images"
@@ -218,7 +223,6 @@ def _check_csv(run: Path, capsys, *extra: str) -> tuple[int, pd.DataFrame]:
             str(baseline_dir(EMBEDDED)),
             "--format",
             "csv",
-            "--strict",
             *extra,
         ]
     )
@@ -241,7 +245,8 @@ def test_rerun_with_another_seed_passes_the_gate(rerun, capsys):
     pairs = set(zip(adv["attack"], adv["victim"]))
     assert set(zip(table["attack"], table["victim"])) == pairs  # nothing missing
     assert set(table["verdict"]) == {"ok"}
-    assert set(table["test"]) == {"paired wilcoxon"}
+    assert (table["n_images"] == base["sample_id"].nunique()).all()  # paired on every image
+    assert (table["n_dropped"] == 0).all()
 
 
 def test_attack_that_stopped_working_on_one_victim_fails_the_gate(rerun, tmp_path, capsys):
@@ -261,9 +266,9 @@ def test_attack_that_stopped_working_on_one_victim_fails_the_gate(rerun, tmp_pat
     atomic_write_json(bad / "manifest.json", man)
     write_shard(bad / "rows" / "all.parquet", rows.to_dict("records"))
 
-    # Half a point tolerated, as a CI would: once Holm has spent its correction on the
-    # injected regression, a 0.04-point seed effect on seeded-sam-tiny (IoU ~99.7 with
-    # almost no spread) can be significant too (seen on an AMD EPYC host).
+    # Half a point tolerated, as a CI would: a 0.04-point seed effect on seeded-sam-tiny
+    # (IoU ~99.7 with almost no spread) can be significant on its own (seen on an AMD EPYC
+    # host); the margin applies to the displayed delta (change in damage).
     margin = ("--margin", "0.5")
     rc = main(["check", str(bad), "--baseline", str(baseline_dir(EMBEDDED)), *margin])
     out = capsys.readouterr().out
@@ -278,7 +283,7 @@ def test_attack_that_stopped_working_on_one_victim_fails_the_gate(rerun, tmp_pat
     assert rc == 1
     reg = table[table["verdict"] == "REGRESSION"]
     assert set(reg["victim"]) == {victim}
-    assert (reg["delta"][reg["metric"] == "miou"] > 0).all()
+    assert (reg["delta"][reg["metric"] == "miou"] < -0.5).all()  # damage fell past the margin
     assert math.isfinite(float(reg["p_adj"].max())) and float(reg["p_adj"].max()) < ALPHA
 
 

@@ -148,3 +148,22 @@ def test_import_plot_report(tmp_path, capsys):
     assert (out / "plots" / "asr50_bars.png").exists()
     assert run(["report", str(out), "--n-boot", "50"]) == 0
     assert "Fewer than two attacks in this run" in (out / "report.html").read_text()
+
+
+def test_compare_all_and_leaderboard_options(tmp_path, capsys):
+    base = write_run(tmp_path / "base")
+    assert run(["compare", str(base), "--all", "--format", "csv"]) == 0
+    cmp_ = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert set(zip(cmp_["a"], cmp_["b"])) == {("uad", "tap")}  # clean is not an attack here
+    assert run(["compare", str(base), "--a", "uad", "--b", "tap", "--equivalence", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "equivalent" in out and "TOST" in out and "bonferroni" in out
+    with pytest.raises(UadbenchError, match="--a and --b, or"):
+        run(["compare", str(base), "--a", "uad"])
+    with pytest.raises(UadbenchError, match="drop --a/--b"):
+        run(["compare", str(base), "--all", "--a", "uad"])
+    assert run(["leaderboard", str(base), "--n", "--ci", "--by-kind", "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert r"\toprule" in tex and "12/72" in tex and "cluster bootstrap" in tex
+    assert run(["leaderboard", str(base), "--by-size"]) == 0
+    assert "object size" in capsys.readouterr().out

@@ -161,23 +161,28 @@ def test_imported_uad_vs_tap_as_the_data_says(tmp_path):
     run = import_anything_unsegmentable(FIXTURE, tmp_path / "au")
     rows = load_rows(run)
     table = leaderboard_table(rows).set_index(["attack", "victim"])
-    cmp_ = compare(rows, "uad", "tap", n_boot=300, seed=0).set_index(["victim", "metric"])
+    cmp_ = compare(rows, "uad", "tap", seed=0).set_index(["victim", "metric"])
     for v in [VICTIMS.canonical("fastsam"), "sam-vit-b", "sam-vit-l", "sam-vit-h"]:
         u, t = (
             rows[(rows.attack == "uad") & (rows.victim == v)],
             rows[(rows.attack == "tap") & (rows.victim == v)],
         )
-        hand = u["iou"].mean(), t["iou"].mean()
-        assert cmp_.loc[(v, "miou"), "delta"] == pytest.approx(hand[1] - hand[0], abs=1e-9)
-        assert (cmp_.loc[(v, "miou"), "delta"] > 0) == (
-            table.loc[("uad", v), "miou"] < table.loc[("tap", v), "miou"]
-        )
-        hand_asr = 100 * (u["iou"] <= 50).mean() - 100 * (t["iou"] <= 50).mean()
+        # the comparison's estimand: mean over images of per-image means
+        hand = u.groupby("sample_id")["iou"].mean(), t.groupby("sample_id")["iou"].mean()
+        assert cmp_.loc[(v, "miou"), "delta"] == pytest.approx((hand[1] - hand[0]).mean(), abs=1e-9)
+        hand_asr = (
+            100 * (u["iou"] <= 50).groupby(u["sample_id"]).mean()
+            - 100 * (t["iou"] <= 50).groupby(t["sample_id"]).mean()
+        ).mean()
         assert cmp_.loc[(v, "asr50"), "delta"] == pytest.approx(hand_asr, abs=1e-9)
         assert cmp_.loc[(v, "miou"), "n_images"] == 12
-        # the column's best attack has the lowest mIoU of all seven
+        # the column's top attack has the lowest mIoU of all seven; it is marked best only
+        # when its test against the runner-up is significant after the correction
         col = table.xs(v, level="victim")
-        assert set(col.index[col["best_miou"]]) == set(col.index[col["miou"] == col["miou"].min()])
+        assert set(col.index[col["top_miou"]]) == set(col.index[col["miou"] == col["miou"].min()])
+        assert set(col.index[col["best_miou"]]) <= set(col.index[col["top_miou"]])
+        for a in col.index[col["best_miou"]]:
+            assert col.loc[a, "p_best_adj_miou"] <= 0.05 and col.loc[a, "d_best_miou"] > 0
 
 
 def test_importer_errors(tmp_path):
@@ -225,7 +230,7 @@ def test_asr_threshold_counts_iou_equal_to_threshold_as_destroyed():
     assert line["miou"] == pytest.approx(np.mean([50.0, 50.000001, 10.0, 10.0001, 90.0]))
     # the comparison's ASR counts the same way
     rows2 = pd.concat([rows, make_rows({("tap", "v"): [51.0] * 5})])
-    c = compare(rows2, "uad", "tap", n_boot=50, metrics="asr50")
+    c = compare(rows2, "uad", "tap", metrics="asr50")
     assert c["delta"].iloc[0] == pytest.approx(60.0)
 
 
@@ -243,30 +248,99 @@ def test_best_marking_picks_the_right_cells():
     )
     t = leaderboard_table(rows).set_index(["attack", "victim"])
     assert list(t.index.get_level_values(0).unique()) == ["clean", "aa", "tap", "uad"]
-    assert t["best_miou"][t["best_miou"]].index.tolist() == [("aa", "v1"), ("aa", "v2")]
-    assert sorted(t["best_asr50"][t["best_asr50"]].index.tolist()) == [
+    assert t["top_miou"][t["top_miou"]].index.tolist() == [("aa", "v1"), ("aa", "v2")]
+    assert sorted(t["top_asr50"][t["top_asr50"]].index.tolist()) == [
         ("aa", "v1"),
         ("uad", "v1"),
         ("uad", "v2"),
     ]
-    assert not t.loc[("clean", "v1"), "best_miou"]
-
+    assert not t.loc[("clean", "v1"), "top_miou"]
+    # one image: nothing can be significant, so nothing is claimed best, and it says so
+    assert not t[[f"best_{m}" for m in ("miou", "asr50", "asr10")]].any().any()
     table = leaderboard_table(rows)
-    term = render(table, "terminal").splitlines()
-    aa = next(line for line in term if line.startswith("aa "))
-    assert aa.split()[1:] == ["40.00*", "100.00*", "60.00*", "0.00"]
-    clean = next(line for line in term if line.startswith("clean"))
-    assert "*" not in clean
-    md = render(table, "markdown")
-    assert "**40.00**" in md and "**5.00**" not in md and "**62.50**" not in md
-    tex = render(table, "latex")
-    assert (
-        r"\textbf{40.00}" in tex
-        and r"\textbf{5.00}" not in tex
-        and r"\multicolumn{2}{c}{v1}" in tex
+    term = render(table, "terminal")
+    assert "*" not in term.split("mIoU, ASR@k")[0]
+    assert "no 'best' can be significant" in term
+
+
+def many_images(spec: dict[tuple[str, str], float], n_img: int = 12, seed: int = 0):
+    """Rows of ``n_img`` images × 6 prompts per (attack, victim) around the given mean
+    IoU: an image effect shared by every attack, noise per prompt."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0, 8, n_img)
+    ious = {}
+    for key, mean in spec.items():
+        ious[key] = [
+            float(np.clip(mean + img[i] + rng.normal(0, 3), 0, 100))
+            for j in range(6)
+            for i in range(n_img)
+        ]
+    return make_rows(ious, images=n_img)
+
+
+def test_best_is_marked_only_where_significant_against_the_runner_up():
+    rows = many_images(
+        {
+            ("clean", "v1"): 90.0,
+            ("aa", "v1"): 40.0,  # clearly best on v1
+            ("tap", "v1"): 60.0,
+            ("uad", "v1"): 61.0,
+            ("aa", "v2"): 50.0,  # v2: aa and uad within noise of each other
+            ("tap", "v2"): 70.0,
+            ("uad", "v2"): 50.5,
+        }
     )
-    html = render(table, "html")
-    assert "<b>40.00</b>" in html and "<b>5.00</b>" not in html
+    t = leaderboard_table(rows, metrics="miou").set_index(["attack", "victim"])
+    assert t.loc[("aa", "v1"), "best_miou"] and t.loc[("aa", "v1"), "runner_up_miou"] == "tap"
+    assert t["best_miou"].sum() == 1
+    top_v2 = t.xs("v2", level="victim")["top_miou"]
+    assert top_v2.sum() == 1 and not t.xs("v2", level="victim")["best_miou"].any()
+    assert t.attrs["best"]["family"] == 2  # the two columns tested
+    # the same test as `compare` top vs runner-up (delta > 0: top stronger)
+    c = compare(rows, "aa", "tap", victims=["v1"], metrics="miou")
+    assert t.loc[("aa", "v1"), "d_best_miou"] == pytest.approx(c["delta"].iloc[0])
+    md = render(leaderboard_table(rows, metrics="miou"), "markdown", "miou")
+    assert md.count("**") == 2 + md.count("**bold**") * 2
+    tex = render(leaderboard_table(rows, metrics="miou"), "latex", "miou")
+    assert tex.count(r"\textbf{") == 1 and r"\toprule" in tex and r"\bottomrule" in tex
+    assert "significantly stronger than the runner-up" in tex
+
+
+def test_clean_correct_asr_n_and_ci_per_cell():
+    rows = make_rows(
+        {
+            ("clean", "v"): [90.0, 40.0, 80.0, 70.0],  # prompt 1 was never right
+            ("uad", "v"): [10.0, 5.0, 60.0, 20.0],
+        },
+        images=2,
+    )
+    t = leaderboard_table(rows, ci=True, n_boot=200).set_index("attack")
+    assert t.loc["uad", "asr50"] == pytest.approx(75.0)
+    assert t.loc["uad", "asr50cc"] == pytest.approx(100 * 2 / 3)  # 10, 20 of 90, 80, 70
+    assert t.loc["uad", "n_cc"] == 3 and math.isnan(t.loc["clean", "asr50cc"])
+    lo, hi = t.loc["uad", "miou_ci_low"], t.loc["uad", "miou_ci_high"]
+    # two images (prompts round-robin: img0 holds 10 and 60, img1 5 and 20): the
+    # resampled cell ranges between the two images' means
+    img_means = [np.mean([10.0, 60.0]), np.mean([5.0, 20.0])]
+    assert lo == pytest.approx(min(img_means)) and hi == pytest.approx(max(img_means))
+    text = render(
+        leaderboard_table(rows, ci=True, n_boot=200), "terminal", show_n=True, show_ci=True
+    )
+    assert "2/4" in text and "ASR@50 clean-correct" in text and "cluster bootstrap" in text
+    assert "not an attack's success" in text
+
+
+def test_object_size_split_from_box_areas():
+    rows = make_rows(
+        {("uad", "v"): [10.0, 20.0, 80.0, 90.0]}, kinds=["box", "point", "box", "point"]
+    )
+    rows["mask_index"] = [0, 0, 1, 1]
+    rows.loc[0, ["x0", "y0", "x1", "y1"]] = [0, 0, 20, 20]  # 400 px: small
+    rows.loc[2, ["x0", "y0", "x1", "y1"]] = [0, 0, 100, 100]  # 10000 px: large
+    t = leaderboard_table(rows, by_size=True)
+    got = dict(zip(t["object_size"], t["miou"]))
+    assert got == {"all": 50.0, "small": 15.0, "large": 85.0}
+    assert "object size" in render(t, "terminal")
 
 
 def test_tidy_csv_one_line_per_attack_and_victim_full_precision():
@@ -354,3 +428,67 @@ def test_sweep_labels_are_rows_ordered_by_eps_and_formats():
         ["box", 90.0],
     ]
     assert "point" in render(t2, "markdown")
+
+
+def write_run(d, rows, identity):
+    from uadbench.store.rundir import atomic_write_json, write_shard
+
+    atomic_write_json(d / "manifest.json", {"format": "uadbench-run/1", "identity": identity})
+    write_shard(d / "rows" / "all.parquet", rows.to_dict("records"))
+    return d
+
+
+def test_runs_are_pooled_only_when_comparable_and_valid_only_is_per_run(tmp_path):
+    from uadbench.report.leaderboard import runs_table
+
+    ident = {"dataset": {"hash": "a"}, "seed": 0, "surrogate": {"hash": "s"}, "prompts": {}}
+    r1 = make_rows({("clean", "v"): [90.0, 30.0], ("uad", "v"): [10.0, 20.0]})
+    r2 = make_rows({("clean", "v"): [90.0, 30.0], ("tap", "v"): [40.0, 20.0]})
+    a = write_run(tmp_path / "a", r1, ident)
+    b = write_run(tmp_path / "b", r2, ident)
+    t = runs_table([a, b]).set_index("attack")
+    assert sorted(t.index) == ["clean", "tap", "uad"] and t.loc["clean", "n_prompts"] == 2
+    # another seed (or dataset, surrogate, reference) is refused, or split with --split
+    c = write_run(tmp_path / "c", r2.assign(seed=1), ident | {"seed": 1})
+    with pytest.raises(UadbenchError, match="differ in seed"):
+        runs_table([a, c])
+    t = runs_table([a, c], split=True)
+    assert t["pool"].nunique() == 2
+    text = render(t, "terminal")
+    assert text.count("pool 1:") == 1 and text.count("pool 2:") == 1
+    d = write_run(tmp_path / "d", r1.assign(reference="clean"), ident)
+    with pytest.raises(UadbenchError, match="reference masks"):
+        runs_table([b, d])
+    # the same cell in two runs is refused
+    e = write_run(tmp_path / "e", r1, ident)
+    with pytest.raises(UadbenchError, match="both hold uad on v"):
+        runs_table([a, e])
+    # valid-only judged by each run's own clean rows: in run f prompt 1 was right
+    r3 = make_rows({("clean", "v"): [90.0, 95.0], ("tap", "v"): [40.0, 20.0]})
+    f = write_run(tmp_path / "f", r3, ident | {"seed": 2})
+    t = runs_table([a, f], split=True, valid_only=True).set_index("attack")
+    assert t.loc["uad", "n_prompts"] == 1 and t.loc["tap", "n_prompts"] == 2
+
+
+def test_seeds_table_mean_and_between_seed_sd(tmp_path):
+    from uadbench.report.leaderboard import seeds_table
+
+    ident = {"dataset": {"hash": "a"}, "seed": 0, "surrogate": {"hash": "s"}, "prompts": {}}
+    runs = []
+    for seed, uad in ((0, [10.0, 30.0]), (1, [20.0, 40.0]), (2, [60.0, 20.0])):
+        rows = make_rows({("clean", "v"): [90.0, 80.0], ("uad", "v"): uad}).assign(seed=seed)
+        runs.append(write_run(tmp_path / f"s{seed}", rows, ident | {"seed": seed}))
+    t = seeds_table(runs).set_index("attack")
+    means = [20.0, 30.0, 40.0]  # per seed mIoU of uad
+    assert t.loc["uad", "miou"] == pytest.approx(np.mean(means))
+    assert t.loc["uad", "miou_seed_sd"] == pytest.approx(np.std(means, ddof=1))
+    assert t.loc["uad", "n_seeds"] == 3 and t.loc["clean", "miou_seed_sd"] == 0
+    text = render(seeds_table(runs), "terminal", "miou")
+    assert "30.00 ± 10.00" in text and "between-seed SD over 3 runs (seeds 0, 1, 2)" in text
+    other = write_run(
+        tmp_path / "o",
+        make_rows({("uad", "v"): [1.0, 2.0]}),
+        ident | {"seed": 5, "dataset": {"hash": "b"}},
+    )
+    with pytest.raises(UadbenchError, match="differ only in their seed"):
+        seeds_table([runs[0], other])

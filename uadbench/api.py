@@ -232,8 +232,9 @@ def leaderboard(
 
 
 def compare(run_dir: str | Path, a: str, b: str, **kw: Any):
-    """Paired image-level comparison of attacks ``a`` and ``b`` on every victim
-    (bootstrap CI, Wilcoxon on per-image means, Holm); see :func:`uadbench.report.stats.compare`."""
+    """Paired image-level comparison of attacks ``a`` and ``b`` on every victim (sign-flip
+    permutation test of the mean per-image difference, its inverted CI, Bonferroni over
+    the lines); see :func:`uadbench.report.stats.compare`."""
     from .report.stats import compare as _compare
 
     man = load_manifest(run_dir)

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import UadbenchError
 
@@ -66,6 +67,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="run directory (default: results/<dataset>-<surrogate>-s<seed>-<hash>)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="several seeds, e.g. 0,1,2: one run per seed (OUT/s<seed> with --out), then "
+        "their leaderboard with the between-seed SD",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
     p.add_argument("--eps", default=None, help="budget sweep in 1/255 units, e.g. 4,8,12,16")
@@ -94,6 +101,31 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if getattr(args, "seeds", None):
+        return _run_seeds(args)
+    return _run_one(args, args.seed, args.out)
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    """``run --seeds 0,1,2``: one run per seed, then the leaderboard over the seeds."""
+    from .errors import ConfigError
+    from .report.leaderboard import render, seeds_table
+
+    try:
+        seeds = list(dict.fromkeys(int(x) for x in args.seeds.split(",") if x.strip()))
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: give integers, e.g. --seeds 0,1,2") from None
+    if len(seeds) < 2:
+        raise ConfigError("--seeds needs at least two seeds (one seed: --seed)")
+    dirs, code = [], 0
+    for seed in seeds:
+        out = str(Path(args.out) / f"s{seed}") if args.out else None
+        code = max(code, _run_one(args, seed, out, dirs))
+    print(render(seeds_table(dirs), args.format, title="Over seeds " + ", ".join(map(str, seeds))))
+    return code
+
+
+def _run_one(args: argparse.Namespace, seed: int, out: str | None, dirs: list | None = None) -> int:
     from . import api
 
     res = api.run(
@@ -101,9 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         victims=args.victims,
         dataset=args.dataset,
         surrogate=args.surrogate,
-        seed=args.seed,
+        seed=seed,
         limit=args.limit,
-        out=args.out,
+        out=out,
         device=args.device,
         dtype=args.dtype,
         eps=args.eps,
@@ -114,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         executor_options=_executor_options(args),
     )
+    if dirs is not None:
+        dirs.append(res.run_dir)
     return _finish(res, args)
 
 

@@ -33,37 +33,68 @@ def _victims_arg(values: list[str] | None) -> list[str] | None:
 # ----------------------------------------------------------------------------- handlers
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ..eval.perturbation import perturbation_table, split_metrics
-    from .leaderboard import parse_metrics, render, runs_table
+    from .leaderboard import LB_METRICS, parse_metrics, render, runs_table
 
-    iou_metrics, pert_metrics = split_metrics(args.metrics)  # linf, psnr, ssim, … (#39)
-    metrics = parse_metrics(iou_metrics)
-    table = runs_table(args.runs, by_kind=args.by_kind, valid_only=args.valid_only)
+    # perturbation metrics (linf, psnr, ssim, …) get their own per-attack table
+    iou_metrics, pert_metrics = split_metrics(None if args.metrics == "auto" else args.metrics)
+    metrics = None if iou_metrics is None else parse_metrics(iou_metrics, LB_METRICS)
+    if args.seeds:
+        from .leaderboard import seeds_table
+
+        table = seeds_table(
+            args.runs, by_kind=args.by_kind, by_size=args.by_size, valid_only=args.valid_only
+        )
+        title = None if args.format == "csv" else "Leaderboard over seeds: " + ", ".join(args.runs)
+        _emit(render(table, args.format, metrics, title=title, show_n=args.n), args.out)
+        return 0
+    table = runs_table(
+        args.runs,
+        by_kind=args.by_kind,
+        by_size=args.by_size,
+        valid_only=args.valid_only,
+        split=args.split,
+        metrics=metrics or ("miou", "asr50", "asr50cc"),
+        alpha=args.alpha,
+        correction=args.correction,
+        ci=args.ci,
+        seed=args.seed,
+    )
     title = None
     if args.format != "csv":
-        title = (
-            "Leaderboard: "
-            + ", ".join(args.runs)
-            + (" (valid prompts only: clean IoU > 50)" if args.valid_only else "")
-        )
-    text = render(table, args.format, metrics, title=title)
+        title = "Leaderboard: " + ", ".join(args.runs)
+    text = render(table, args.format, metrics, title=title, show_n=args.n, show_ci=args.ci)
     _emit(text + perturbation_table(args.runs, pert_metrics, args.format), args.out)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ..errors import UadbenchError
     from ..store.rundir import load_manifest, load_rows
-    from .stats import compare, render_compare
+    from .stats import all_pairs, compare_pairs, render_compare
 
     man = load_manifest(args.run)
-    table = compare(
-        load_rows(args.run),
-        args.a,
-        args.b,
+    rows = load_rows(args.run)
+    if args.all:
+        if args.a or args.b:
+            raise UadbenchError("--all compares every pair of attacks; drop --a/--b")
+        pairs = all_pairs(rows)
+        if not pairs:
+            raise UadbenchError("--all needs at least two attacks besides clean in the run")
+    elif args.a and args.b:
+        pairs = [(args.a, args.b)]
+    else:
+        raise UadbenchError("name two attacks with --a and --b, or compare every pair with --all")
+    table = compare_pairs(
+        rows,
+        pairs,
         victims=_victims_arg(args.victims),
         metrics=args.metrics,
-        n_boot=args.n_boot,
+        n_perm=args.n_perm,
         seed=args.seed,
         alpha=args.alpha,
+        correction=args.correction,
+        test=args.test,
+        equivalence=args.equivalence,
         unit=args.unit,
         pairing=str(man.get("pairing", "prompt")),
     )
@@ -80,22 +111,37 @@ def cmd_check(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         what=args.what,
         margin=args.margin,
-        strict=args.strict,
+        allow_missing=args.allow_missing,
+        correction=args.correction,
+        n_perm=args.n_perm,
+        seed=args.seed,
     )
     text = render_check(table, args.format)
+    pairs = table.drop_duplicates(["attack", "victim", "verdict"])
     n_reg = int((table["verdict"] == "REGRESSION").sum())
-    n_missing = int(table.drop_duplicates(["attack", "victim"])["verdict"].eq("missing").sum())
+    n_missing = int((pairs["verdict"] == "MISSING").sum())
+    n_none = int((pairs["verdict"] == "NO COMMON IMAGES").sum())
+    n_new = int((pairs["verdict"] == "new (not in baseline)").sum())
     what = "attack strength" if args.what == "attack" else "victim robustness"
-    if ok:
-        summary = f"OK: no significant drop in {what} (Holm, alpha={args.alpha})"
-    elif n_reg:
-        summary = f"FAIL: {n_reg} significant drop(s) in {what} (Holm, alpha={args.alpha})"
-    else:
-        summary = ""
-    if args.strict and n_missing:
-        summary = (summary + "; " if summary else "FAIL: ") + (
-            f"{n_missing} baseline (attack, victim) pair(s) missing from the run (--strict)"
+    how = f"{args.correction}, alpha={args.alpha:g}, margin={args.margin:g} pp"
+    reasons = []
+    if n_reg:
+        reasons.append(f"{n_reg} significant drop(s) in {what} ({how})")
+    if n_missing:
+        reasons.append(
+            f"{n_missing} baseline (attack, victim) pair(s) missing from the run"
+            + (" (tolerated: --allow-missing)" if args.allow_missing else "")
         )
+    if n_none:
+        reasons.append(f"{n_none} pair(s) with no image in common")
+    failing = [r for r in reasons if "tolerated" not in r]
+    summary = (
+        ("FAIL: " + "; ".join(failing)) if not ok else f"OK: no significant drop in {what} ({how})"
+    )
+    if ok and len(reasons) > len(failing):
+        summary += "; " + "; ".join(r for r in reasons if "tolerated" in r)
+    if n_new:
+        summary += f"; {n_new} new pair(s) not in the baseline (listed, not checked)"
     _emit(text + ("" if args.format == "csv" else summary + "\n"), args.out)
     if args.out or args.format == "csv":
         print(summary, file=sys.stderr)
@@ -162,31 +208,57 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "leaderboard",
         help="table of mIoU / ASR per attack and victim",
         formatter_class=_RAW,
-        description="Rows = attacks (clean first), columns = victims; best attack per column "
-        "marked (* in the terminal, bold elsewhere). CSV is tidy: one line per "
-        "(attack, victim).",
+        description="Rows = attacks (clean first), columns = victims. An attack is marked "
+        "best in its column (* in the terminal, bold elsewhere) only where it is "
+        "significantly stronger than the runner-up (paired sign-flip test on per-image "
+        "means, Bonferroni over the columns tested). ASR@50 clean-correct counts only "
+        "prompts whose clean mask was right. Runs that cannot be pooled (other dataset, "
+        "prompts, surrogate, seed or reference masks) are refused, or shown side by side "
+        "with --split. CSV is tidy: one line per (attack, victim [, split]).",
         epilog="examples:\n"
         "  uadbench leaderboard results/run1\n"
         "  uadbench leaderboard results/run1 --format markdown --metrics miou,asr50,asr10\n"
-        "  uadbench leaderboard results/run1 results/au --format latex --out table.tex\n"
-        "  uadbench leaderboard results/run1 --by-kind --valid-only\n"
+        "  uadbench leaderboard results/run1 --format latex --n --ci --out table.tex\n"
+        "  uadbench leaderboard results/run1 --by-kind --by-size --valid-only\n"
+        "  uadbench leaderboard results/run1 results/run2 --split\n"
         "  uadbench leaderboard results/run1 --format csv --out leaderboard.csv",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (rows are pooled)")
     p.add_argument("--format", choices=fmts, default="terminal")
     p.add_argument(
         "--metrics",
-        default="miou,asr50",
-        help="comma list of miou, asr50, asr10; perturbation per attack: linf, l2, "
+        default="auto",
+        help="comma list of miou, asr50, asr10, asr50cc (default: miou, asr50 and, with "
+        "clean rows, asr50cc); perturbation per attack, in a table of its own: linf, l2, "
         "l2_pixel, psnr, ssim, ms_ssim, lpips, wall_seconds, cpu_seconds, gpu_seconds, "
         "peak_mem_mb",
     )
     p.add_argument("--by-kind", action="store_true", help="add point-only and box-only lines")
     p.add_argument(
+        "--by-size",
+        action="store_true",
+        help="add small / medium / large object lines (COCO area thresholds 32^2, 96^2 px)",
+    )
+    p.add_argument(
         "--valid-only",
         action="store_true",
-        help="keep prompts whose clean IoU > 50 (needs clean rows)",
+        help="keep prompts whose clean IoU > 50 (needs clean rows; judged per run)",
     )
+    p.add_argument("--n", action="store_true", help="show images/prompts per cell")
+    p.add_argument(
+        "--ci", action="store_true", help="show a 95%% cluster-bootstrap interval per cell"
+    )
+    p.add_argument(
+        "--split", action="store_true", help="runs that cannot be pooled: one table per pool"
+    )
+    p.add_argument(
+        "--seeds",
+        action="store_true",
+        help="the RUNs differ only in their seed: mean ± between-seed SD per cell",
+    )
+    p.add_argument("--alpha", type=float, default=0.05, help="level of the 'best' marks")
+    p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")
+    p.add_argument("--seed", type=int, default=0, help="seed of resampling (CI, Monte Carlo)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_leaderboard)
 
@@ -194,22 +266,51 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="significance of the difference between two attacks",
         formatter_class=_RAW,
-        description="Per victim: difference in mIoU and ASR@50 with a paired image-level cluster "
-        "bootstrap CI, Wilcoxon signed-rank p on per-image means and Holm-adjusted p. "
-        "delta > 0 means attack A is stronger (mIoU: B - A; ASR: A - B).",
+        description="Per victim and metric: the mean over images of the per-image difference "
+        "(delta > 0 means attack A is stronger: mIoU B - A, ASR A - B), a paired sign-flip "
+        "permutation test of it (exact up to 16 images, seeded Monte Carlo beyond), its "
+        "confidence interval by inverting the same test, and p adjusted over every line shown "
+        "(Bonferroni by default: the intervals are simultaneous). Each line also shows the "
+        "minimum detectable effect at 80%% power; a warning says when nothing could be "
+        "significant. See docs/statistics.md.",
         epilog="examples:\n"
         "  uadbench compare results/run1 --a uad --b tap\n"
         "  uadbench compare results/au --a uad --b pata++ --victims sam-vit-b,sam-vit-h\n"
-        "  uadbench compare results/run1 --a uad --b aa --n-boot 5000 --format markdown",
+        "  uadbench compare results/run1 --all                 # every pair, one family\n"
+        "  uadbench compare results/run1 --a uad --b tap --equivalence 2   # TOST at 2 pp\n"
+        "  uadbench compare results/run1 --a uad --b aa --test wilcoxon --format markdown",
     )
     p.add_argument("run", metavar="RUN")
-    p.add_argument("--a", required=True, help="attack label A")
-    p.add_argument("--b", required=True, help="attack label B")
+    p.add_argument("--a", help="attack label A")
+    p.add_argument("--b", help="attack label B")
+    p.add_argument(
+        "--all", action="store_true", help="every pair of attacks (clean excluded), one family"
+    )
     p.add_argument("--victims", nargs="+", help="victims (default: all with rows for both)")
     p.add_argument("--metrics", default="miou,asr50")
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--n-perm",
+        type=int,
+        default=9999,
+        help="Monte Carlo sign patterns beyond 16 images (raised when the family needs more)",
+    )
+    p.add_argument("--n-boot", type=int, help=argparse.SUPPRESS)  # former option, ignored
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo sign patterns")
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")
+    p.add_argument(
+        "--test",
+        choices=["sign-flip", "wilcoxon"],
+        default="sign-flip",
+        help="wilcoxon: signed-rank test of symmetry with the Hodges-Lehmann estimate "
+        "(an alternative; it does not test the mean)",
+    )
+    p.add_argument(
+        "--equivalence",
+        type=float,
+        metavar="MARGIN",
+        help="also test equivalence (TOST): is |delta| < MARGIN (percentage points)?",
+    )
     p.add_argument(
         "--unit",
         choices=["image", "prompt"],
@@ -225,13 +326,18 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="fail on a significant regression against a baseline run",
         formatter_class=_RAW,
-        description="Exit 1 only where attack strength (or, with --what robustness, victim "
-        "robustness) dropped significantly: one-sided image-level tests, Holm-adjusted.",
+        description="Exit 1 where attack strength (damage relative to clean: clean - attacked "
+        "mIoU, attacked - clean ASR@50) dropped significantly, or, with --what robustness, "
+        "where a victim got worse (clean accuracy fell, or damage rose); also when a baseline "
+        "pair is missing from RUN. Each line pairs the runs on their common images and tests "
+        "the mean per-image change one-sided (sign-flip permutation test), adjusted over "
+        "every line. A baseline with another dataset, prompt protocol or reference masks is "
+        "refused. See docs/statistics.md.",
         epilog="examples:\n"
         "  uadbench check results/ci --baseline results/baselines/ci\n"
         "  uadbench check results/ci --baseline results/baselines/ci --alpha 0.01 --margin 2\n"
         "  uadbench check results/ci --baseline results/baselines/ci --what robustness\n"
-        "  uadbench check results/ci --baseline results/baselines/ci --strict   # in CI",
+        "  uadbench check results/ci --baseline results/baselines/ci --allow-missing",
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("--baseline", required=True, metavar="DIR", help="baseline run directory")
@@ -241,13 +347,17 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "--margin",
         type=float,
         default=0.0,
-        help="tolerated change in percentage points (default 0)",
+        help="tolerated change of the displayed delta, in percentage points (default 0)",
     )
     p.add_argument(
-        "--strict",
+        "--allow-missing",
         action="store_true",
-        help="also fail when an (attack, victim) pair of the baseline is missing from RUN",
+        help="do not fail when an (attack, victim) pair of the baseline is missing from RUN",
     )
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # now the default
+    p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")
+    p.add_argument("--n-perm", type=int, default=9999, help="Monte Carlo sign patterns")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo sign patterns")
     p.add_argument("--format", choices=fmts, default="terminal")
     p.add_argument("--out", help="write the table to this file")
     p.set_defaults(func=cmd_check)

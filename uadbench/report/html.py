@@ -18,7 +18,7 @@ from ..store.rundir import FAILURES, atomic_write_bytes, load_manifest, load_row
 from ..store.schema import CLEAN
 from .leaderboard import leaderboard_table, manifest_orders, render
 from .plots import figure_png, run_figures
-from .stats import compare, render_compare, render_frame
+from .stats import compare_pairs, render_compare, render_frame
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,9 @@ def html_report(
     run_dir = Path(run_dir)
     manifest, rows = load_manifest(run_dir), load_rows(run_dir)
     aorder, vorder = manifest_orders(manifest)
-    table = leaderboard_table(rows, attack_order=aorder, victim_order=vorder)
+    table = leaderboard_table(
+        rows, attack_order=aorder, victim_order=vorder, metrics=metrics, alpha=alpha
+    )
     labels = [a for a in dict.fromkeys(table["attack"]) if a != CLEAN]
     names = dict(zip(rows["attack"], rows["attack_name"]))
     ref = pick_reference(labels, names, reference)
@@ -258,7 +260,8 @@ def html_report(
         settings_html(manifest),
         "<h2 id='leaderboard'>Leaderboard</h2>",
         "<p class='note'>mIoU and ASR@k in %; ASR@k counts prompts with IoU ≤ k. Bold: the "
-        "strongest attack per column (lowest mIoU, highest ASR).</p>",
+        "strongest attack per column, only where it is significantly stronger than the "
+        "runner-up (notes under the table).</p>",
         f"<div class='scroll'>{render(table, 'html', metrics)}</div>",
     ]
     pert = load_perturbations(run_dir)
@@ -282,25 +285,23 @@ def html_report(
     parts.append("<h2 id='comparisons'>Comparisons</h2>")
     if ref and len(labels) > 1:
         why = "given" if reference else ("UAD" if names.get(ref) == "uad" else "first attack")
+        others = [o for o in labels if o != ref]
+        # one family: every line this page shows is corrected together
+        t = compare_pairs(
+            rows,
+            [(ref, o) for o in others],
+            metrics=[m for m in metrics if m in ("miou", "asr50", "asr10")] or ("miou",),
+            seed=seed,
+            alpha=alpha,
+            pairing=manifest.get("pairing", "prompt"),
+        )
         parts.append(
             f"<p class='note'>Reference attack: <b>{e(ref)}</b> ({e(why)}), compared with each "
-            f"other attack. Paired image-level cluster bootstrap {100 * (1 - alpha):g}% CI "
-            f"({n_boot} resamples), Wilcoxon signed-rank p on per-image means, Holm-adjusted "
-            f"within each comparison. delta &gt; 0 means {e(ref)} is stronger.</p>"
+            f"other attack ({plural(len(others), 'comparison')}, one family). delta &gt; 0 "
+            f"means {e(ref)} is stronger; the test, its pairing, correction and CI method are "
+            "named under the table.</p>"
         )
-        for other in labels:
-            if other == ref:
-                continue
-            t = compare(
-                rows,
-                ref,
-                other,
-                n_boot=n_boot,
-                seed=seed,
-                alpha=alpha,
-                pairing=manifest.get("pairing", "prompt"),
-            )
-            parts.append(f"<div class='scroll'>{render_compare(t, 'html', alpha)}</div>")
+        parts.append(f"<div class='scroll'>{render_compare(t, 'html', alpha)}</div>")
     else:
         parts.append("<p class='note'>Fewer than two attacks in this run: nothing to compare.</p>")
     figs = run_figures(run_dir)
