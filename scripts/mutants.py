@@ -16,6 +16,8 @@ rate over non-equivalent mutants, per module, in ``.mutants/report.md`` (and ``.
     python scripts/mutants.py --area eval --area victims --budget 20
     python scripts/mutants.py --area eval --resume   # continue a stopped run
     python scripts/mutants.py --report               # the report of the sessions as they are
+    python scripts/mutants.py --area victims --tag before --tests tests/test_zoo.py -k features
+                                                     # another test selection, its own session
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ AREAS: dict[str, Area] = {
         },
         ("tests/test_taps.py",),
         select={
-            "uadbench/victims/base.py": "default_taps",
+            "uadbench/victims/base.py": "default_taps_by_depth",
             "uadbench/victims/segment_anything.py": "seeded or resized or float_input or positional",
             "uadbench/victims/hq.py": "mobilesam or hq-sam-vit-tiny",
             "uadbench/zoo/models.py": "zoo",
@@ -171,15 +173,18 @@ def mutant_key(spec, diff: str) -> str:
     return f"{spec.module_path}::{spec.definition_name} {op}: {old} -> {new}"
 
 
-def run_area(name: str, area: Area, budget_s: float, resume: bool, seed: int) -> None:
+def run_area(
+    name: str, area: Area, budget_s: float, resume: bool, seed: int, tag: str = ""
+) -> None:
     from cosmic_ray.commands.init import _all_work_items
     from cosmic_ray.mutating import mutate_and_test
     from cosmic_ray.work_db import WorkDB, use_db
 
-    copy = WORK / name
+    session = f"{name}-{tag}" if tag else name
+    copy = WORK / session
     copy.mkdir(parents=True, exist_ok=True)
     _copy_tree(copy)
-    db_path = WORK / f"{name}.sqlite"
+    db_path = WORK / f"{session}.sqlite"
     if not resume and db_path.exists():
         db_path.unlink()
     env = _env(copy)
@@ -246,7 +251,7 @@ def run_area(name: str, area: Area, budget_s: float, resume: bool, seed: int) ->
         os.environ.update(saved_env)
 
 
-def collect(names: list[str]) -> dict:
+def collect(names: list[str], tag: str = "") -> dict:
     """Per module counts and survivors of the sessions in ``.mutants/``."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome
@@ -254,7 +259,8 @@ def collect(names: list[str]) -> dict:
     equivalent = _equivalent()
     report: dict = {}
     for name in names:
-        db_path = WORK / f"{name}.sqlite"
+        session = f"{name}-{tag}" if tag else name
+        db_path = WORK / f"{session}.sqlite"
         if not db_path.exists():
             continue
         with use_db(str(db_path), WorkDB.Mode.open) as db:
@@ -281,11 +287,11 @@ def collect(names: list[str]) -> dict:
                         m.setdefault("survivors", []).append(key)
                 else:
                     m["errors"] += 1
-            report[name] = mods
+            report[session] = mods
     return report
 
 
-def write_report(report: dict) -> str:
+def write_report(report: dict, tag: str = "") -> str:
     lines = [
         "# Mutation testing report (scripts/mutants.py)",
         "",
@@ -310,8 +316,9 @@ def write_report(report: dict) -> str:
                 lines.append(f"- `{key}`")
     text = "\n".join(lines) + "\n"
     WORK.mkdir(exist_ok=True)
-    (WORK / "report.md").write_text(text)
-    (WORK / "report.json").write_text(json.dumps(report, indent=1))
+    stem = f"report-{tag}" if tag else "report"
+    (WORK / f"{stem}.md").write_text(text)
+    (WORK / f"{stem}.json").write_text(json.dumps(report, indent=1))
     return text
 
 
@@ -322,16 +329,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true", help="keep earlier results, run the rest")
     ap.add_argument("--report", action="store_true", help="only print the report")
     ap.add_argument("--seed", type=int, default=0, help="seed of the mutants' order")
+    ap.add_argument("--tests", nargs="+", help="test files instead of the area's (one area)")
+    ap.add_argument("-k", dest="select", help="pytest -k expression instead of the area's")
+    ap.add_argument("--tag", default="", help="session name suffix (e.g. before)")
     args = ap.parse_args(argv)
     try:
         import cosmic_ray  # noqa: F401
     except ImportError:
         sys.exit("mutants: needs cosmic-ray: pip install -e '.[dev]'")
     names = args.area or list(AREAS)
+    areas = {n: AREAS[n] for n in names}
+    if args.tests or args.select:
+        if len(names) != 1:
+            sys.exit("mutants: --tests / -k need exactly one --area")
+        a = areas[names[0]]
+        areas[names[0]] = dataclasses.replace(
+            a,
+            tests=tuple(args.tests or a.tests),
+            select={m: args.select for m in a.modules} if args.select else a.select,
+        )
     if not args.report:
-        for name in names:
-            run_area(name, AREAS[name], args.budget * 60, args.resume, args.seed)
-    print(write_report(collect(names)))
+        for name, area in areas.items():
+            run_area(name, area, args.budget * 60, args.resume, args.seed, args.tag)
+    print(write_report(collect(names, args.tag), args.tag))
 
 
 if __name__ == "__main__":

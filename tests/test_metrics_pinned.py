@@ -71,8 +71,9 @@ def test_iou_counts_pixels_not_values_and_checks_shapes():
     a = np.array([[0, 3], [0, 0]])
     b = np.array([[0, 1], [1, 0]])
     assert float(iou(a, b)) == pytest.approx(50.0)
-    with pytest.raises(ValueError, match="shapes differ"):
-        iou(np.zeros((2, 3), bool), np.zeros((3, 2), bool))
+    for sa, sb in [((2, 3), (3, 2)), ((3, 2), (2, 3)), ((2, 3), (2, 3, 1))]:
+        with pytest.raises(ValueError, match="shapes differ"):
+            iou(np.zeros(sa, bool), np.zeros(sb, bool))
     iou(np.zeros((2, 3), bool), np.zeros((2, 3), bool))  # equal shapes do not raise
 
 

@@ -291,3 +291,45 @@ def test_float_input_resized_like_the_uint8_path_and_zero_padded(hw):
     # an independent resize of the same float image: torch's antialiased bilinear
     ref = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
     torch.testing.assert_close(z[..., :nh, :nw], _normalised(ref), rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- encoder outputs
+def test_zoo_tinyvit_embedding_equals_a_plain_forward():
+    """The zoo TinyViT's own forward (``run`` without taps: trunk, tokens to a grid, neck)
+    against the same steps written out here."""
+    v = surrogate("zoo-tinyvit-sam")
+    enc = v.model.image_encoder
+    z, _ = v._to_model_input(_input(v))
+    with torch.no_grad():
+        h = enc.patch_embed(z)
+        for layer in enc.layers:
+            for blk in layer.blocks:
+                h = blk(h)
+            if layer.downsample is not None:
+                h = layer.downsample(h)
+        b, n, c = h.shape
+        side = int(round(n**0.5))
+        expect = enc.neck(h.reshape(b, side, side, c).permute(0, 3, 1, 2))
+        got = enc(z)
+    assert got.shape == (b, 64, 32, 32)
+    torch.testing.assert_close(got, expect)
+
+
+def test_zoo_hf_sam_embedding_equals_the_transformers_forward():
+    v = surrogate("zoo-hf-sam")
+    z, _ = v._to_model_input(_input(v))
+    with torch.no_grad():
+        got = v._run_vision(z)[0]
+        expect = v.model.sam.vision_encoder(z).last_hidden_state
+    torch.testing.assert_close(got, expect)
+
+
+@pytest.mark.parametrize("name", ["mobilesam", "hq-sam-vit-tiny"])
+def test_out_of_range_taps_are_refused(name):
+    from uadbench.errors import UadbenchError
+
+    v = surrogate(name)
+    x = _input(v)
+    for taps in ([], [-1], [v.num_blocks], [0, v.num_blocks + 3]):
+        with pytest.raises(UadbenchError, match="out of range"):
+            v.features(x, taps)
