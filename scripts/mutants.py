@@ -174,7 +174,13 @@ def mutant_key(spec, diff: str) -> str:
 
 
 def run_area(
-    name: str, area: Area, budget_s: float, resume: bool, seed: int, tag: str = ""
+    name: str,
+    area: Area,
+    budget_s: float,
+    resume: bool,
+    seed: int,
+    tag: str = "",
+    rerun_survivors: bool = False,
 ) -> None:
     from cosmic_ray.commands.init import _all_work_items
     from cosmic_ray.mutating import mutate_and_test
@@ -185,7 +191,7 @@ def run_area(
     copy.mkdir(parents=True, exist_ok=True)
     _copy_tree(copy)
     db_path = WORK / f"{session}.sqlite"
-    if not resume and db_path.exists():
+    if not (resume or rerun_survivors) and db_path.exists():
         db_path.unlink()
     env = _env(copy)
     cmd = _test_command(area)
@@ -219,6 +225,8 @@ def run_area(
                             continue
                         items.append(item)
                 db.add_work_items(items)
+            if rerun_survivors:  # run the survivors again (after new tests), keep the kills
+                _forget_survivors(db_path)
             pending = sorted(
                 db.pending_work_items,
                 key=lambda w: (
@@ -249,6 +257,16 @@ def run_area(
         os.chdir(old_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+def _forget_survivors(db_path: Path) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(db_path)
+    with con:
+        n = con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+    con.close()
+    print(f"[{db_path.stem}] {n} survivors to run again")
 
 
 def collect(names: list[str], tag: str = "") -> dict:
@@ -328,6 +346,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per area (default 30)")
     ap.add_argument("--resume", action="store_true", help="keep earlier results, run the rest")
     ap.add_argument("--report", action="store_true", help="only print the report")
+    ap.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="keep the killed mutants of the last session, run the survivors again",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the mutants' order")
     ap.add_argument("--tests", nargs="+", help="test files instead of the area's (one area)")
     ap.add_argument("-k", dest="select", help="pytest -k expression instead of the area's")
@@ -350,7 +373,15 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not args.report:
         for name, area in areas.items():
-            run_area(name, area, args.budget * 60, args.resume, args.seed, args.tag)
+            run_area(
+                name,
+                area,
+                args.budget * 60,
+                args.resume,
+                args.seed,
+                args.tag,
+                args.rerun_survivors,
+            )
     print(write_report(collect(names, args.tag), args.tag))
 
 

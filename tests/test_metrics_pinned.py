@@ -9,6 +9,7 @@ clipping of boxes to the image, the jitter range, the anchor-box construction.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 
@@ -226,6 +227,8 @@ def test_default_config_is_the_papers():
     cfg = PromptConfig()
     assert (cfg.max_masks, cfg.points_per_mask, cfg.boxes_per_mask) == (10, 5, 3)
     assert cfg.box_jitter == 0.1
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a config is an identity: immutable
+        cfg.max_masks = 3
 
 
 def test_mask_box_is_inclusive_pixel_indices():
