@@ -50,3 +50,11 @@ gallery: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks
+
+# Mutation testing of the maths (cosmic-ray; not part of `make test`; docs/mutants.md):
+# `make mutants AREAS="eval victims"`, areas eval victims attacks stats check (default: all),
+# MUTANTS_BUDGET minutes per area, MUTANTS_FLAGS=--resume continues a stopped run.
+.PHONY: mutants
+MUTANTS_BUDGET ?= 30
+mutants: $(BIN)/.installed
+	nice -n 19 $(BIN)/python scripts/mutants.py $(foreach a,$(AREAS),--area $(a)) --budget $(MUTANTS_BUDGET) $(MUTANTS_FLAGS)
