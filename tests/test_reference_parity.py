@@ -95,3 +95,39 @@ def test_one_prompt_logits_differ_from_the_mean_of_single_point_logits(sam):
     per = sam.mask_logits(x, [PromptSet.from_lists(points=[tuple(p) for p in pts])])[0]
     assert one.shape == (1, *per.shape[1:])
     assert (one[0] - per.mean(0)).abs().max() > 1e-3
+
+
+# --------------------------------------------------------------- targets at their own ratio
+def _portrait_pool():
+    rng = np.random.default_rng(5)
+    portrait = (rng.random((96, 40, 3)) * 255).astype(np.uint8)  # h > w
+
+    def draw(_rng, _exclude):
+        return portrait
+
+    return portrait, draw
+
+
+@pytest.mark.parametrize("name", ["aa", "pata"])
+def test_portrait_target_lands_where_the_surrogates_preprocessing_puts_it(sam, name):
+    """A portrait target for a landscape source: its features are the surrogate's own
+    encoding of the portrait at its own aspect ratio (longest side to the input, padded
+    on the right), not of the portrait stretched to the landscape source's size."""
+    from uadbench.attacks import ATTACKS
+    from uadbench.attacks.feature_pgd import resize_image
+
+    portrait, draw = _portrait_pool()
+    x = torch.rand(1, 3, 48, 112)  # landscape source
+    atk = ATTACKS.get(name)()
+    taps = (1, 2)
+    got = atk.target_features(sam, x, AttackContext(["src"], draw_image=draw), taps)
+    own = sam.features(resize_image(portrait, (96, 40), torch.device("cpu"))[None], taps)
+    stretched = sam.features(resize_image(portrait, (48, 112), torch.device("cpu"))[None], taps)
+    for g, o, s in zip(got, own, stretched):
+        torch.testing.assert_close(g, o)
+        assert (g - s).abs().max() > 1e-2
+    # the portrait fills the left 40/96 of the 256² input: tokens right of it see padding
+    # only in the patch embedding (tap 0 is after one windowed block, so compare the
+    # embedding of the model input directly)
+    z, input_hw = sam._to_model_input(resize_image(portrait, (96, 40), torch.device("cpu"))[None])
+    assert input_hw == (256, 107) and z[..., 107:].abs().max() == 0
