@@ -265,6 +265,11 @@ def fidelity_loss(
 
 
 # ============================================================================ the attack
+#: units of ``di_noise_std``: SAM-normalized (the reference's: ×std/255 per channel in
+#: pixels, 4/255 ≈ 0.9 grey levels) or [0, 1] pixels (4/255 = 4 grey levels)
+DI_UNITS = ("normalized", "pixel")
+
+
 @dataclasses.dataclass(frozen=True)
 class UADConfig(FeaturePGDConfig):
     """UAD settings; names follow the reference implementation, defaults are its own.
@@ -276,7 +281,10 @@ class UADConfig(FeaturePGDConfig):
     ``fidelity_loss_alpha`` (λ_F = 1), ``est_fidelity_iter`` (T_f = 4),
     ``fidelity_grad`` (False: f(Î) detached as in the reference).
     Stage 2: ``eps``, ``alpha``, ``steps`` (40) and ``taps`` as every feature attack;
-    ``use_di``/``di_noise_std`` (off, 4/255), ``use_mi``/``mi_momentum`` (off, 1).
+    ``use_di``/``di_noise_std`` (off, 4/255), ``di_units`` ("normalized", the
+    reference's, or "pixel"), ``di_keep`` (False: the noise only perturbs each forward's
+    input; True: it stays in the iterate, as in the reference), ``use_mi``/``mi_momentum``
+    (off, 1).
     Units: ``ref_size`` (1024) fixes the reference unit S/ref_size px; ``pixel_std``
     (SAM's) the normalized space of L_D. ``skip_unused_estimates``: see :class:`UAD`.
     """
@@ -295,6 +303,8 @@ class UADConfig(FeaturePGDConfig):
     fidelity_grad: bool = False
     use_di: bool = False
     di_noise_std: float = 4 / 255
+    di_units: str = "normalized"
+    di_keep: bool = False
     use_mi: bool = False
     mi_momentum: float = 1.0
     ref_size: int = 1024
@@ -313,6 +323,8 @@ class UADConfig(FeaturePGDConfig):
             raise ValueError(
                 f"num_split={self.num_split}: a thin-plate spline needs a grid of at least 2×2 points"
             )
+        if self.di_units not in DI_UNITS:
+            raise ValueError(f"di_units={self.di_units!r} must be one of {', '.join(DI_UNITS)}")
         if self.warp_filter_stride <= 0 or self.ref_size <= 0 or self.deform_lr <= 0:
             raise ValueError("warp_filter_stride, ref_size and deform_lr must be > 0")
 
@@ -365,7 +377,10 @@ class UAD(FeatureAttack):
     paper's MS-SSIM(Î, I) via pytorch-msssim), ``control_loss_alpha`` (0.05),
     ``fidelity_loss_alpha`` (1), ``est_fidelity_iter`` (4), ``fidelity_grad`` (False),
     ``use_di``/``di_noise_std`` (False, 4/255: Gaussian noise added to the input of every
-    stage-2 forward, not kept in the iterate), ``use_mi``/``mi_momentum`` (False, 1:
+    stage-2 forward), ``di_units`` ("normalized": the std is in SAM-normalized units, as
+    in the reference, ≈ 0.9 grey levels; "pixel": in [0, 1] pixels), ``di_keep`` (False:
+    the noise is not kept in the iterate; True: the step is taken from the noisy iterate,
+    the reference's behaviour), ``use_mi``/``mi_momentum`` (False, 1:
     momentum over per-image L1-normalised gradients), ``ref_size`` (1024), ``pixel_std``
     (SAM's), ``skip_unused_estimates`` (True).
 
@@ -465,14 +480,19 @@ class UAD(FeatureAttack):
         x_adv = x.detach().clone()
         momentum = torch.zeros_like(x)
         point_term = None
+        di_scale = cfg.di_noise_std
+        if cfg.di_units == "normalized":
+            di_scale = (
+                di_scale * torch.tensor(cfg.pixel_std, device=x.device).view(1, -1, 1, 1) / 255
+            )
         for t in range(steps):
-            x_adv.requires_grad_(True)
-            inp = x_adv
+            noise = None
             if cfg.use_di:
-                inp = (
-                    x_adv
-                    + sample_randn(ctx, x.shape[1:], f"{salt}/di/{t}", x.device) * cfg.di_noise_std
-                )
+                noise = sample_randn(ctx, x.shape[1:], f"{salt}/di/{t}", x.device) * di_scale
+                if cfg.di_keep:  # the reference: the noisy iterate is the one stepped
+                    x_adv, noise = (x_adv.detach() + noise), None
+            x_adv.requires_grad_(True)
+            inp = x_adv if noise is None else x_adv + noise
             adv = self.feats(surrogate, inp, taps)
             loss = fidelity_loss(adv, target, clean)
             (grad,) = torch.autograd.grad(loss.sum() * scale, x_adv)
