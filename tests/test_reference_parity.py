@@ -131,3 +131,88 @@ def test_portrait_target_lands_where_the_surrogates_preprocessing_puts_it(sam, n
     # embedding of the model input directly)
     z, input_hw = sam._to_model_input(resize_image(portrait, (96, 40), torch.device("cpu"))[None])
     assert input_hw == (256, 107) and z[..., 107:].abs().max() == 0
+
+
+# --------------------------------------------------------------- attack_space=model
+def _big_image(h=300, w=450, seed=0):
+    from attack_helpers import random_image
+
+    return random_image(h, w, seed)
+
+
+def test_model_frame_is_the_surrogates_own(sam):
+    """The frame attack_space=model optimises in is the one the surrogate's preprocessing
+    resizes to: features of the image resized there equal the features of the image."""
+    from uadbench.attacks.base import resample
+
+    x = torch.from_numpy(_big_image()).permute(2, 0, 1)[None].float() / 255
+    fhw = sam.model_frame((300, 450))
+    assert fhw == (171, 256)
+    taps = (0, 2)
+    for a, b in zip(sam.features(resample(x, fhw), taps), sam.features(x, taps)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["model", "image"])
+def test_model_space_attack_budget_exact_and_beats_random_noise(sam, space):
+    from uadbench.attacks.feature_pgd import FeaturePGD, FeaturePGDConfig, feature_distance
+
+    img = _big_image()
+    atk = FeaturePGD(FeaturePGDConfig(steps=4, attack_space=space))
+    sizes = []
+    perturb = atk.perturb
+    atk.perturb = lambda x, s, c: (sizes.append(tuple(x.shape[-2:])), perturb(x, s, c))[1]
+    adv = atk([img], sam, AttackContext(["big"], seed=0))[0]
+    assert sizes == [(171, 256) if space == "model" else (300, 450)]
+    d = adv.astype(int) - img.astype(int)
+    assert adv.shape == img.shape and np.abs(d).max() == 8  # exactly the budget, never more
+    # stronger on the surrogate than random ±8 noise of the same budget
+    rng = np.random.default_rng(1)
+    noise = np.clip(img.astype(int) + rng.choice([-8, 8], size=img.shape), 0, 255).astype(np.uint8)
+
+    def dist(a):
+        t = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+        c = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        return feature_distance(sam.features(t, (2, 3)), sam.features(c, (2, 3))).item()
+
+    assert dist(adv) > 2 * dist(noise)
+
+
+def test_model_space_scales_prompts_into_the_frame(sam):
+    """Attack-SAM in the model frame attacks the same prompts, scaled with the image."""
+    from uadbench.attacks.attack_sam import AttackSam, AttackSamConfig
+    from uadbench.eval.prompts import PromptSet
+
+    img = _big_image()
+    ps = PromptSet.from_lists(points=[(225.0, 150.0)], boxes=[(45.0, 30.0, 405.0, 270.0)])
+    atk = AttackSam(AttackSamConfig(steps=1))
+    seen = []
+    loss = atk.loss
+    atk.loss = lambda s, x, p: (seen.append(p[0].coords.copy()), loss(s, x, p))[1]
+    atk([img], sam, AttackContext(["big"], prompts=[ps]))
+    sx, sy = 256 / 450, 171 / 300
+    np.testing.assert_allclose(
+        seen[0], [[225 * sx, 150 * sy, np.nan, np.nan], [45 * sx, 30 * sy, 405 * sx, 270 * sy]]
+    )
+
+
+@pytest.mark.parametrize("space", ["model", "image"])
+def test_model_space_targeted_objective_moves_the_right_way(sam, space):
+    """A minimising objective (Attack-SAM-K's ClipMSE) drops by far more than random noise
+    of the same budget moves it: a δ mapped back with the wrong sign would raise it."""
+    img = _big_image()
+    atk = AttackSamK(AttackSamKConfig(k=20, steps=4, attack_space=space))
+    ctx = AttackContext(["big"], seed=0)
+    adv = atk([img], sam, ctx)[0]
+    rng = np.random.default_rng(1)
+    noise = np.clip(img.astype(int) + rng.choice([-8, 8], size=img.shape), 0, 255).astype(np.uint8)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    pts = atk.points_for(x, ctx)
+
+    def loss(a):
+        t = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            return atk.group_loss(sam, t, pts).item()
+
+    # (an untrained surrogate: its logits move little, but the attack must beat noise)
+    assert loss(img) - loss(adv) > 10 * abs(loss(img) - loss(noise))

@@ -1,7 +1,9 @@
-"""Attack base class: the budget, projection, rounding and seeding live here.
+"""Attack base class: the budget, projection, rounding, seeding and the attack space live here.
 
 A subclass writes only its maths in :meth:`Attack.perturb`, working on float images in
-[0, 1] at their own resolution, batched (B, 3, H, W). The base turns uint8 images
+[0, 1], batched (B, 3, H, W): at the image's own resolution (``attack_space=image``) or
+resized into the surrogate's input frame (``attack_space=model``; the base maps the
+perturbation back to the original size). The base turns uint8 images
 into tensors on the surrogate's device, seeds every random draw from the run seed and
 the sample ids, projects onto the L∞ ball and the valid range, and rounds to uint8 so
 that the saved image respects the budget exactly: |adv − clean| ≤ ⌊ε·255⌋ per pixel.
@@ -18,23 +20,42 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..eval.prompts import PromptSet
+
+#: where the perturbation is optimised: at the image's own resolution, or in the
+#: surrogate's input frame (longest side = its ``img_size``) and upsampled as a perturbation
+ATTACK_SPACES = ("image", "model")
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps."""
+    """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps.
+
+    ``attack_space``: "image" optimises the perturbation at the image's own resolution
+    (the surrogate resizes it on every forward); "model" optimises it in the surrogate's
+    input frame (the image resized so that its longest side is the model's ``img_size``,
+    as the reference does) and maps it back as clean + upsampled δ, then the exact ε clip
+    and rounding, so the saved image respects the budget against the original either way.
+    The two are the same for a surrogate that runs at the image's own size, and for an
+    image no larger than the surrogate's input (see :meth:`Attack.frame`).
+    """
 
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 40
+    attack_space: str = "image"
 
     def __post_init__(self) -> None:
         if not (0 <= self.eps <= 1):
             raise ValueError(f"eps={self.eps} must lie in [0, 1] (e.g. 8/255)")
         if self.alpha <= 0 or self.steps < 0:
             raise ValueError("alpha must be > 0 and steps >= 0")
+        if self.attack_space not in ATTACK_SPACES:
+            raise ValueError(
+                f"attack_space={self.attack_space!r} must be one of {', '.join(ATTACK_SPACES)}"
+            )
 
 
 @dataclasses.dataclass
@@ -67,6 +88,20 @@ def to_tensor(images: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
     """Stack RGB uint8 (H, W, 3) images of one size into float (B, 3, H, W) in [0, 1]."""
     arr = np.stack(images).astype(np.float32) / 255.0
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def resample(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) to ``hw`` (antialiased when shrinking), as the SAM
+    surrogates resize their inputs; the identity when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    return F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
+
+
+def scale_prompts(p: PromptSet, sx: float, sy: float) -> PromptSet:
+    """Prompts with their pixel coordinates scaled by (sx, sy) (points and box corners)."""
+    coords = p.coords * np.array([sx, sy, sx, sy])
+    return PromptSet(p.kinds, coords, p.mask_index, p.labels)
 
 
 def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -128,6 +163,35 @@ class Attack(ABC):
                 on_step(i, x_adv)
         return x_adv.detach()
 
+    def frame(self, surrogate: Any, hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The (h, w) the perturbation is optimised at when it differs from the image's
+        own ``hw``, else None: with ``attack_space=model``, the surrogate's frame when the
+        surrogate shrinks the image into it. An image the surrogate enlarges (smaller than
+        its input) is attacked at its own size: its own grid is already the finest one the
+        saved image has, and a δ made on the larger grid would be averaged on the way back."""
+        if getattr(self.config, "attack_space", "image") != "model":
+            return None
+        frame_of = getattr(surrogate, "model_frame", None)
+        fhw = frame_of(tuple(hw)) if frame_of is not None else None
+        if fhw is None or (fhw[0] >= hw[0] and fhw[1] >= hw[1]):
+            return None
+        return tuple(fhw)
+
+    def perturb_in_space(self, x: torch.Tensor, surrogate: Any, ctx: AttackContext) -> torch.Tensor:
+        """:meth:`perturb` in the configured ``attack_space``: at the image's size, or in
+        the surrogate's frame (clean resized there, prompts scaled with it), the
+        perturbation then upsampled and added to the clean image at its own size."""
+        hw = tuple(x.shape[-2:])
+        fhw = self.frame(surrogate, hw)
+        if fhw is None:
+            return self.perturb(x, surrogate, ctx)
+        small = resample(x, fhw).clamp(0.0, 1.0)
+        if ctx.prompts is not None:
+            sx, sy = fhw[1] / hw[1], fhw[0] / hw[0]
+            ctx = dataclasses.replace(ctx, prompts=[scale_prompts(p, sx, sy) for p in ctx.prompts])
+        delta = self.perturb(small, surrogate, ctx) - small
+        return x + resample(delta, hw)
+
     def __call__(
         self, images: Sequence[np.ndarray], surrogate: Any, ctx: AttackContext
     ) -> list[np.ndarray]:
@@ -138,7 +202,7 @@ class Attack(ABC):
         x = to_tensor(images, device)
         torch.manual_seed(int(ctx.rng("torch").integers(0, 2**62)))
         with torch.enable_grad():
-            x_adv = self.perturb(x, surrogate, ctx)
+            x_adv = self.perturb_in_space(x, surrogate, ctx)
         out = to_uint8(self.project(x_adv.float(), x))
         # exact budget after rounding: clip to the integer radius around the clean image
         r = math.floor(self.config.eps * 255 + 1e-6)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import UadbenchError
 from ..eval.prompts import PromptSet
-from .base import Victim, VictimConfig, WeightsStatus
+from .base import Victim, VictimConfig, WeightsStatus, resized_hw
 from .checkpoints import find_checkpoint, load_state_dict_strict, read_state_dict
 
 #: SAM's input normalisation (0–255 scale), shared by every SAM-family model
@@ -104,12 +104,6 @@ def build_sam(arch: SamArch, image_encoder: torch.nn.Module | None = None) -> to
         pixel_mean=list(PIXEL_MEAN),
         pixel_std=list(PIXEL_STD),
     )
-
-
-def resized_hw(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """Size after scaling the longest side to ``long_side`` (SAM's ResizeLongestSide)."""
-    scale = long_side / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 class SamFamilyVictim(Victim):
