@@ -185,7 +185,7 @@ def test_model_space_scales_prompts_into_the_frame(sam):
 
     img = _big_image()
     ps = PromptSet.from_lists(points=[(225.0, 150.0)], boxes=[(45.0, 30.0, 405.0, 270.0)])
-    atk = AttackSam(AttackSamConfig(steps=1))
+    atk = AttackSam(AttackSamConfig(steps=1, attack_space="model"))
     seen = []
     loss = atk.loss
     atk.loss = lambda s, x, p: (seen.append(p[0].coords.copy()), loss(s, x, p))[1]
