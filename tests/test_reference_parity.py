@@ -216,3 +216,22 @@ def test_model_space_targeted_objective_moves_the_right_way(sam, space):
 
     # (an untrained surrogate: its logits move little, but the attack must beat noise)
     assert loss(img) - loss(adv) > 10 * abs(loss(img) - loss(noise))
+
+
+def test_reference_output_is_upsampled_truncated_frame_image(sam):
+    """output=reference saves upsample(trunc(frame image)) — with zero steps that is the
+    clean image resized down and back up (blurred, budget not held); output=exact with
+    zero steps saves the clean image itself."""
+    from uadbench.attacks.base import resample
+
+    img = _big_image()
+    ctx = AttackContext(["big"], seed=0)
+    exact = AttackSamK(AttackSamKConfig(k=5, steps=0, attack_space="model"))([img], sam, ctx)[0]
+    assert np.array_equal(exact, img)
+    ref = AttackSamK(AttackSamKConfig(k=5, steps=0, output="reference"))([img], sam, ctx)[0]
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    small = (resample(x, (171, 256)).clamp(0, 1) * 255).floor()
+    up = torch.nn.functional.interpolate(small, size=(300, 450), mode="bilinear")
+    want = up.round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(ref, want)
+    assert np.abs(ref.astype(int) - img.astype(int)).max() > 8

@@ -27,6 +27,11 @@ from ..eval.prompts import PromptSet
 #: where the perturbation is optimised: at the image's own resolution, or in the
 #: surrogate's input frame (longest side = its ``img_size``) and upsampled as a perturbation
 ATTACK_SPACES = ("image", "model")
+#: how the saved uint8 image is made: "exact" (clean + δ at the original size, rounded,
+#: |adv − clean| ≤ ⌊ε·255⌋) or "reference" (the reference's: the adversarial image of the
+#: model frame truncated to uint8 and resized bilinearly to the original size — the
+#: budget does not hold against the original, which also carries resampling blur)
+OUTPUTS = ("exact", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,18 +45,24 @@ class AttackConfig:
     and rounding, so the saved image respects the budget against the original either way.
     The two are the same for a surrogate that runs at the image's own size, and for an
     image no larger than the surrogate's input (see :meth:`Attack.frame`).
+
+    ``output``: "exact" (default) or "reference" (see ``OUTPUTS``; with it every image
+    is attacked in the surrogate's frame, enlarged ones too, as the reference does).
     """
 
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 40
     attack_space: str = "image"
+    output: str = "exact"
 
     def __post_init__(self) -> None:
         if not (0 <= self.eps <= 1):
             raise ValueError(f"eps={self.eps} must lie in [0, 1] (e.g. 8/255)")
         if self.alpha <= 0 or self.steps < 0:
             raise ValueError("alpha must be > 0 and steps >= 0")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output={self.output!r} must be one of {', '.join(OUTPUTS)}")
         if self.attack_space not in ATTACK_SPACES:
             raise ValueError(
                 f"attack_space={self.attack_space!r} must be one of {', '.join(ATTACK_SPACES)}"
@@ -102,6 +113,15 @@ def scale_prompts(p: PromptSet, sx: float, sy: float) -> PromptSet:
     """Prompts with their pixel coordinates scaled by (sx, sy) (points and box corners)."""
     coords = p.coords * np.array([sx, sy, sx, sy])
     return PromptSet(p.kinds, coords, p.mask_index, p.labels)
+
+
+def reference_output(small_adv: torch.Tensor, hw: tuple[int, int]) -> list[np.ndarray]:
+    """The reference's saved image: the model-frame adversarial (B, 3, h, w) in [0, 1]
+    truncated to uint8, then resized bilinearly (no antialiasing, rounded) to ``hw``."""
+    trunc = (small_adv.detach().float().clamp(0, 1) * 255.0).floor()
+    up = F.interpolate(trunc, size=tuple(hw), mode="bilinear", align_corners=False)
+    arr = up.round().clamp(0, 255).to(torch.uint8)
+    return [a for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -169,11 +189,14 @@ class Attack(ABC):
         surrogate shrinks the image into it. An image the surrogate enlarges (smaller than
         its input) is attacked at its own size: its own grid is already the finest one the
         saved image has, and a δ made on the larger grid would be averaged on the way back."""
-        if getattr(self.config, "attack_space", "image") != "model":
+        reference = getattr(self.config, "output", "exact") == "reference"
+        if getattr(self.config, "attack_space", "image") != "model" and not reference:
             return None
         frame_of = getattr(surrogate, "model_frame", None)
         fhw = frame_of(tuple(hw)) if frame_of is not None else None
-        if fhw is None or (fhw[0] >= hw[0] and fhw[1] >= hw[1]):
+        if fhw is None or tuple(fhw) == tuple(hw):
+            return None
+        if not reference and fhw[0] >= hw[0] and fhw[1] >= hw[1]:
             return None
         return tuple(fhw)
 
@@ -184,13 +207,18 @@ class Attack(ABC):
         hw = tuple(x.shape[-2:])
         fhw = self.frame(surrogate, hw)
         if fhw is None:
-            return self.perturb(x, surrogate, ctx)
+            x_adv = self.perturb(x, surrogate, ctx)
+            if getattr(self.config, "output", "exact") == "reference":
+                self._reference_frame_adv = x_adv.detach()  # truncation, no resize
+            return x_adv
         small = resample(x, fhw).clamp(0.0, 1.0)
         if ctx.prompts is not None:
             sx, sy = fhw[1] / hw[1], fhw[0] / hw[0]
             ctx = dataclasses.replace(ctx, prompts=[scale_prompts(p, sx, sy) for p in ctx.prompts])
-        delta = self.perturb(small, surrogate, ctx) - small
-        return x + resample(delta, hw)
+        small_adv = self.perturb(small, surrogate, ctx)
+        if getattr(self.config, "output", "exact") == "reference":
+            self._reference_frame_adv = small_adv.detach()
+        return x + resample(small_adv - small, hw)
 
     def __call__(
         self, images: Sequence[np.ndarray], surrogate: Any, ctx: AttackContext
@@ -201,8 +229,11 @@ class Attack(ABC):
         device = getattr(surrogate, "device", torch.device("cpu"))
         x = to_tensor(images, device)
         torch.manual_seed(int(ctx.rng("torch").integers(0, 2**62)))
+        self._reference_frame_adv = None
         with torch.enable_grad():
             x_adv = self.perturb_in_space(x, surrogate, ctx)
+        if self._reference_frame_adv is not None:
+            return reference_output(self._reference_frame_adv, tuple(x.shape[-2:]))
         out = to_uint8(self.project(x_adv.float(), x))
         # exact budget after rounding: clip to the integer radius around the clean image
         r = math.floor(self.config.eps * 255 + 1e-6)
