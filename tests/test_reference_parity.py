@@ -235,3 +235,54 @@ def test_reference_output_is_upsampled_truncated_frame_image(sam):
     want = up.round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
     assert np.array_equal(ref, want)
     assert np.abs(ref.astype(int) - img.astype(int)).max() > 8
+
+
+# --------------------------------------------------------------- --protocol reference
+def test_reference_protocol_sets_every_reference_behaviour():
+    from uadbench import api
+    from uadbench.engine.plan import resolve
+
+    ref = api.plan("uad,aa:attack_space=image", "seeded-sam-tiny", protocol="reference")
+    uad, aa = ref.attacks
+    assert (uad.config.attack_space, uad.config.output, uad.config.di_keep) == (
+        "model",
+        "reference",
+        True,
+    )
+    assert aa.config.attack_space == "image"  # a setting in the spec wins over the preset
+    assert ref.identity()["protocol"] == "reference"
+    assert resolve("victim", "fastsam-x", protocol="reference").config.channels == "bgr"
+    assert resolve("victim", "fastsam-x").config.channels == "rgb"
+    default = api.plan("uad", "seeded-sam-tiny")
+    assert "protocol" not in default.identity()
+    assert default.attacks[0].config.output == "exact" and not default.attacks[0].config.di_keep
+    assert default.attacks[0].hash != uad.hash
+
+
+def test_unknown_protocol_is_a_one_line_error():
+    from uadbench import api
+    from uadbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reference"):
+        api.plan("uad", "seeded-sam-tiny", protocol="paper")
+
+
+def test_reference_protocol_runs_and_is_recorded(tmp_path):
+    import json
+
+    from uadbench import api
+
+    res = api.run(
+        "attack-sam-k:k=20,steps=1",
+        "seeded-sam-tiny",
+        dataset="samples:max_side=300",
+        surrogate="seeded-sam-tiny",
+        limit=1,
+        out=tmp_path / "run",
+        progress=False,
+        protocol="reference",
+    )
+    assert res.ok
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert man["identity"]["protocol"] == "reference"
+    assert man["attacks"][0]["config"]["output"] == "reference"

@@ -84,6 +84,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="with --executor ray: GPUs per model actor",
     )
     p.add_argument("--format", default="terminal", help="format of the final leaderboard")
+    p.add_argument(
+        "--protocol",
+        default="uadbench",
+        choices=["uadbench", "reference"],
+        help="uadbench (default) or reference: the reference implementation's behaviours, "
+        "to reproduce the paper (docs/reference-differences.md)",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -106,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor=args.executor,
         retry_failed=args.retry_failed,
         executor_options=_executor_options(args),
+        protocol=args.protocol,
     )
     return _finish(res, args)
 
