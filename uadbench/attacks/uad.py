@@ -19,8 +19,14 @@ its own resolution (H, W), with S = max(H, W) and one *reference unit* u = S/102
 - Adam's step (lr = 10 at 1024) is 10·u px; points are clamped to [0, W−1] × [0, H−1];
 - the checkerboard cell (300 px at 1024) is 300·u px;
 - L_C is computed on displacements in reference units (px / u), L_D on pixel differences
-  in SAM-normalized units (×255/std per channel), as the reference computes both; so on a
-  square 1024² image stage 1 is the reference's to float precision.
+  in SAM-normalized units (×255/std per channel), as the reference computes both.
+
+On a square 1024² image the constants are the reference's, but stage 1 is not its
+computation to float precision: the reference puts the control points at integer centres
+int((i + 0.5)·int(1024/n)) (85, 255, …, 935 for n = 6; here (i + 0.5)·1024/n = 85.3,
+256, …, 938.7, up to 3.7 px apart) and scales the initial noise by an integer block of
+170 px (here 170.7), and it resamples with the x/y swap below. See
+docs/reference-differences.md.
 
 Where the reference has bugs we follow the spec, not the bug: its resampling swaps the
 x/y components of the flow and mixes ``align_corners`` conventions (a 0.5 px rescaling);
