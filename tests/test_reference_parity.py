@@ -286,3 +286,52 @@ def test_reference_protocol_runs_and_is_recorded(tmp_path):
     man = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert man["identity"]["protocol"] == "reference"
     assert man["attacks"][0]["config"]["output"] == "reference"
+
+
+def test_model_space_optimises_what_the_surrogate_will_see(sam):
+    """With attack_space=model the loss reads the model-frame image after δ's round trip
+    (upsampled to the original size, resized back by the surrogate): view(z) equals that
+    round trip computed the long way, and it is not z itself (δ is smoothed)."""
+    from uadbench.attacks.base import resample
+    from uadbench.attacks.feature_pgd import FeaturePGD, FeaturePGDConfig
+
+    img = _big_image()
+    atk = FeaturePGD(FeaturePGDConfig(steps=1, attack_space="model"))
+    seen = {}
+    perturb = atk.perturb
+
+    def spy(x, s, c):
+        z = x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.06
+        seen["x"], seen["z"], seen["view"] = x, z, atk.view(z)
+        return perturb(x, s, c)
+
+    atk.perturb = spy
+    atk([img], sam, AttackContext(["big"], seed=0))
+    x, z = seen["x"], seen["z"]
+    full = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    long_way = resample(full + resample(z - x, (300, 450)), (171, 256))
+    short = seen["view"]
+    torch.testing.assert_close(short - x, long_way - resample(full, (171, 256)), atol=2e-5, rtol=0)
+    assert (short - z).abs().max() > 1e-2
+    assert atk.view(z) is z  # outside the model-space call: the iterate itself
+
+
+@pytest.mark.parametrize("name", ["feature-pgd", "uad", "attack-sam-k"])
+def test_every_iterate_goes_through_the_view(sam, name):
+    """Each loss evaluation on the iterate reads view(iterate) (PGD of every attack and
+    UAD's own stage-2 loop), so attack_space=model optimises the round trip."""
+    from uadbench.attacks import ATTACKS
+    from uadbench.config import build_config
+
+    cls = ATTACKS.get(name)
+    opts = {"steps": 3, "attack_space": "model"}
+    if name == "uad":
+        opts.update(deform_epochs=1)
+    if name == "attack-sam-k":
+        opts.update(k=10)
+    atk = cls(build_config(cls.Config, opts))
+    calls = []
+    view = atk.view
+    atk.view = lambda z: (calls.append(z.requires_grad), view(z))[1]
+    atk([_big_image()], sam, AttackContext(["big"], seed=0))
+    assert sum(calls) >= 3

@@ -109,6 +109,17 @@ def resample(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
 
 
+def round_trip_matrix(n: int, big: int, device: torch.device) -> torch.Tensor:
+    """(n, n) matrix of the 1-D round trip n → ``big`` → n of :func:`resample` (bilinear up,
+    antialiased bilinear down): both resizes are linear and separable, so a model-frame
+    perturbation δ (…, h, w) upsampled to the original size and resized back by the
+    surrogate is ``Dy @ δ @ Dx.T``."""
+    # two identical columns: a width-1 image does not resize like a column of a wider one
+    eye = torch.eye(n, device=device).view(n, 1, n, 1).expand(n, 1, n, 2).contiguous()
+    back = resample(resample(eye, (big, 2)), (n, 2))[..., 0]
+    return back.reshape(n, n).T.contiguous()
+
+
 def scale_prompts(p: PromptSet, sx: float, sy: float) -> PromptSet:
     """Prompts with their pixel coordinates scaled by (sx, sy) (points and box corners)."""
     coords = p.coords * np.array([sx, sy, sx, sy])
@@ -146,6 +157,8 @@ class Attack(ABC):
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
+        self._view: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._reference_frame_adv: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ the maths
     @abstractmethod
@@ -175,7 +188,7 @@ class Attack(ABC):
         sign = 1.0 if maximize else -1.0
         for i in range(steps):
             x_adv.requires_grad_(True)
-            loss = loss_fn(x_adv)
+            loss = loss_fn(self.view(x_adv))
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             with torch.no_grad():
                 x_adv = self.project(x_adv + sign * cfg.alpha * grad.sign(), x)
@@ -215,10 +228,26 @@ class Attack(ABC):
         if ctx.prompts is not None:
             sx, sy = fhw[1] / hw[1], fhw[0] / hw[0]
             ctx = dataclasses.replace(ctx, prompts=[scale_prompts(p, sx, sy) for p in ctx.prompts])
-        small_adv = self.perturb(small, surrogate, ctx)
         if getattr(self.config, "output", "exact") == "reference":
+            small_adv = self.perturb(small, surrogate, ctx)
             self._reference_frame_adv = small_adv.detach()
+        else:
+            # the surrogate will see resample(x + up(δ)) = small + D(δ): optimise that
+            dy = round_trip_matrix(fhw[0], hw[0], x.device)
+            dx = round_trip_matrix(fhw[1], hw[1], x.device)
+            self._view = lambda z: small + torch.matmul(torch.matmul(dy, z - small), dx.T)
+            try:
+                small_adv = self.perturb(small, surrogate, ctx)
+            finally:
+                self._view = None
         return x + resample(small_adv - small, hw)
+
+    def view(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """What the surrogate will see of the iterate ``x_adv`` once it is saved: the iterate
+        itself, or with ``attack_space=model`` the model-frame image after the perturbation's
+        round trip (upsampled to the original size, resized back by the surrogate), a
+        smoothing of δ. Attacks feed losses ``view(x_adv)``."""
+        return x_adv if self._view is None else self._view(x_adv)
 
     def __call__(
         self, images: Sequence[np.ndarray], surrogate: Any, ctx: AttackContext

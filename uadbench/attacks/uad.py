@@ -499,7 +499,7 @@ class UAD(FeatureAttack):
                     x_adv, noise = (x_adv.detach() + noise), None
             x_adv.requires_grad_(True)
             inp = x_adv if noise is None else x_adv + noise
-            adv = self.feats(surrogate, inp, taps)
+            adv = self.feats(surrogate, self.view(inp), taps)
             loss = fidelity_loss(adv, target, clean)
             (grad,) = torch.autograd.grad(loss.sum() * scale, x_adv)
             if target_graph is not None:
