@@ -38,11 +38,14 @@ OUTPUTS = ("exact", "reference")
 class AttackConfig:
     """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps.
 
-    ``attack_space``: "image" optimises the perturbation at the image's own resolution
-    (the surrogate resizes it on every forward); "model" optimises it in the surrogate's
+    ``attack_space``: "model" (default) optimises the perturbation in the surrogate's
     input frame (the image resized so that its longest side is the model's ``img_size``,
-    as the reference does) and maps it back as clean + upsampled δ, then the exact ε clip
-    and rounding, so the saved image respects the budget against the original either way.
+    as the reference does; the loss reads δ after its round trip to the original size and
+    back, see :meth:`Attack.view`) and maps it back as clean + upsampled δ, then the exact
+    ε clip and rounding; "image" optimises it at the image's own resolution (the surrogate
+    resizes it on every forward; ~27× the CPU time of "model" for UAD on a 1500×2250
+    image, docs/reference-differences.md). The saved image respects the budget against
+    the original either way.
     The two are the same for a surrogate that runs at the image's own size, and for an
     image no larger than the surrogate's input (see :meth:`Attack.frame`).
 
@@ -53,7 +56,7 @@ class AttackConfig:
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 40
-    attack_space: str = "image"
+    attack_space: str = "model"
     output: str = "exact"
 
     def __post_init__(self) -> None:

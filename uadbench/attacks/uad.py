@@ -11,8 +11,10 @@ Two stages (UAD.md):
    f(I + r) move towards f(Î) and away from f(I): minimise
    L_F = mean over taps of −cos(f(I + r), f(Î)) + cos(f(I + r), f(I)).
 
-Frame of reference. The paper works on SAM's 1024-px input. uadbench attacks the image at
-its own resolution (H, W), with S = max(H, W) and one *reference unit* u = S/1024 px:
+Frame of reference. The paper works on SAM's 1024-px input. UAD here works on the image it
+is given, of size (H, W) — the surrogate's frame with ``attack_space=model`` (default; for
+SAM, longest side 1024 without the padding), the image's own size with
+``attack_space=image`` — with S = max(H, W) and one *reference unit* u = S/1024 px:
 
 - the n×n grid of control points covers the image itself (blocks H/n × W/n; the reference
   grids the padded 1024² square), source/destination noise is a fraction of the block;
