@@ -125,6 +125,15 @@ class TinyViTSurrogate(Victim):
         emb = self._embedding(x)
         return [self._logits(emb[i], p, tuple(x.shape[-2:])) for i, p in enumerate(prompts)]
 
+    def point_group_logits(self, x: torch.Tensor, points) -> list[torch.Tensor]:
+        """One prompt of many points per image: the mean of its points' codes → (1, h, w)."""
+        emb, hw = self._embedding(x), tuple(x.shape[-2:])
+        out = []
+        for i, pts in enumerate(points):
+            one = self._logits(emb[i], PromptSet.from_lists(points=[tuple(p) for p in pts]), hw)
+            out.append(one.mean(dim=0, keepdim=True))
+        return out
+
     # victim interface (predict), so the stand-in is a complete Victim
     def embed(self, image: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255

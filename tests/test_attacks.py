@@ -100,7 +100,7 @@ def _objective(name, attack, surrogate, ctx, clean: torch.Tensor, x: torch.Tenso
             ]
             return -stacked_distance(mixed, t)
         if name in ("aa", "pata", "pata++"):
-            target = surrogate_features(surrogate, attack.targets(clean, ctx), taps)
+            target = attack.target_features(surrogate, clean, ctx, taps)
             return stacked_distance(f_x, target)
         if name == "uad":
             target = surrogate_features(surrogate, attack.last_state["deformed"], taps)

@@ -126,7 +126,8 @@ def _reference_gt(dataset, sample_id, masks, boxes, seed, cfg):
     usable = [i for i, m in enumerate(masks) if m.sum() > 0][: cfg.max_masks]
     for i in usable:
         ys, xs = np.nonzero(masks[i])
-        for j in rng.integers(0, len(xs), size=cfg.points_per_mask):
+        # min(n, |mask|) distinct pixels, without replacement
+        for j in rng.choice(len(xs), size=min(cfg.points_per_mask, len(xs)), replace=False):
             rows.append((POINT, [xs[j], ys[j], np.nan, np.nan], i))
         box = boxes[i] if boxes is not None else mask_box(masks[i])
         rows += [

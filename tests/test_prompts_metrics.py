@@ -79,3 +79,19 @@ def test_asr_threshold_is_inclusive_and_miou_mean():
     assert asr(ious, 50) == pytest.approx(100 * 4 / 6)  # IoU exactly 50 counts as destroyed
     assert asr(ious, 10) == pytest.approx(100 * 2 / 6)
     assert miou(ious) == pytest.approx(np.mean(ious))
+
+
+def test_points_are_distinct_pixels_without_replacement():
+    """min(5, |mask|) distinct pixels per mask: a 3-pixel mask gives its 3 pixels (drawing
+    with replacement would repeat one in most draws, or give 5 points), a 6-pixel mask 5
+    distinct ones, over many seeds."""
+    masks = np.zeros((2, 20, 20), bool)
+    masks[0, 4, 5:8] = True  # 3 pixels
+    masks[1, 10:12, 10:13] = True  # 6 pixels
+    for seed in range(30):
+        p = sample_prompts("d", "img", (20, 20), masks, None, seed=seed)
+        for mi, n in ((0, 3), (1, 5)):
+            pts = p.coords[(p.mask_index == mi) & p.is_point, :2]
+            assert len(pts) == n
+            assert len({tuple(q) for q in pts}) == n
+            assert all(masks[mi, int(y), int(x)] for x, y in pts)

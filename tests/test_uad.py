@@ -8,7 +8,7 @@ import pytest
 import torch
 from attack_helpers import TinyViTSurrogate, make_context, random_image, to_float
 
-from uadbench.attacks.feature_pgd import surrogate_features
+from uadbench.attacks.feature_pgd import SAM_PIXEL_STD, surrogate_features
 from uadbench.attacks.uad import (
     UAD,
     UADConfig,
@@ -252,6 +252,7 @@ def test_defaults_are_the_papers():
     assert (c.control_loss_alpha, c.fidelity_loss_alpha, c.deform_guidance) == (0.05, 1.0, "patch")
     assert not (c.fidelity_grad or c.use_di or c.use_mi)
     assert (c.di_noise_std, c.mi_momentum) == (4 / 255, 1.0)
+    assert (c.di_units, c.di_keep) == ("normalized", False)
 
 
 # ----------------------------------------------------------------------------- the attack
@@ -355,3 +356,31 @@ def test_stage_one_is_exactly_batch_invariant(surrogate, monkeypatch):
     alone([imgs[1]], surrogate, ctx)
     for key in ("src", "dst", "deformed"):
         assert torch.equal(batch.last_state[key][1], alone.last_state[key][0])
+
+
+@pytest.mark.parametrize("units", ["normalized", "pixel"])
+@pytest.mark.parametrize("keep", [False, True])
+def test_di_noise_units_and_kept_iterate(surrogate, units, keep):
+    """DI noise std: 4/255 in SAM-normalized units is 4/255·std/255 in pixels per channel
+    (≈ 0.9 grey levels; "pixel" units: 4 grey levels). ``di_keep``: the noise stays in the
+    iterate (the reference) — after one tiny step the result is ≈ x + noise — or only
+    perturbs the forward's input — the result is within α of x."""
+    cfg = UADConfig(**FAST, use_di=True, di_units=units, di_keep=keep, alpha=1e-4)
+    uad = UAD(cfg)
+    x = to_float([random_image(64, 64, 3)])
+    ctx = make_context(["s"], [random_image(64, 64, 3)])
+    seen = []
+    feats = uad.feats
+    uad.feats = lambda s, inp, taps: (seen.append(inp.detach().clone()), feats(s, inp, taps))[1]
+    taps = (1, 2)
+    clean = surrogate_features(surrogate, x, taps)
+    out, _ = uad.simulate(x, surrogate, taps, clean, clean, 1, ctx, "t")
+    std = torch.tensor(SAM_PIXEL_STD).view(3) / 255 if units == "normalized" else torch.ones(3)
+    want = 4 / 255 * std
+    got = (seen[0] - x)[0].flatten(1).std(dim=1)
+    torch.testing.assert_close(got, want, rtol=0.08, atol=0)
+    moved = (out - x)[0].flatten(1).std(dim=1)
+    if keep:
+        torch.testing.assert_close(moved, want, rtol=0.08, atol=0)
+    else:
+        assert (out - x).abs().max() <= 1e-4 + 1e-7

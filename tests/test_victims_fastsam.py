@@ -134,3 +134,30 @@ def test_without_ultralytics_the_entry_stays_and_says_what_to_install(monkeypatc
     assert not st.found and st.detail.startswith("needs `pip install uadbench[fastsam]`")
     with pytest.raises(UadbenchError, match=r"pip install uadbench\[fastsam\]"):
         _ = cls().model
+
+
+@needs_ultralytics
+@pytest.mark.parametrize("channels", ["rgb", "bgr"])
+def test_channel_order_setting(fastsam, channels):
+    """A pure-red image reaches the network as red (channel 0 of its RGB input) by default;
+    with ``channels="bgr"`` (the reference's setting) it arrives channel-swapped, as blue."""
+    _, path = fastsam
+    cls = VICTIMS.get("fastsam-s")
+    victim = cls(cls.Config(checkpoint=str(path), channels=channels))
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[..., 0] = 255
+    seen = []
+    hook = victim._get_predictor().model.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0][0, :, 32, 32].float().cpu())
+    )
+    try:
+        victim.predict(img, far_prompts())
+    finally:
+        hook.remove()
+    want = torch.tensor([1.0, 0.0, 0.0]) if channels == "rgb" else torch.tensor([0.0, 0.0, 1.0])
+    torch.testing.assert_close(seen[0], want)
+
+
+def test_channel_setting_validated():
+    with pytest.raises(ValueError, match="rgb or bgr"):
+        VICTIMS.get("fastsam-s").Config(channels="grb")

@@ -18,6 +18,7 @@ from .config import check_device
 from .engine.local import Summary
 from .engine.plan import (
     RunSpec,
+    check_protocol,
     check_weights,
     default_surrogate,
     expand_attacks,
@@ -64,13 +65,16 @@ def plan(
     limit: int | None = None,
     eps: str | list[float] | None = None,
     strict: bool = False,
+    protocol: str = "uadbench",
 ) -> RunSpec:
-    """Resolve names and options into a :class:`RunSpec`; loads no weight and no image."""
+    """Resolve names and options into a :class:`RunSpec`; loads no weight and no image.
+    ``protocol``: "uadbench" or "reference" (docs/reference-differences.md)."""
     eps_list = parse_eps_list(eps) if isinstance(eps, str) else eps
+    check_protocol(protocol)
     ds = resolve("dataset", dataset)
-    atk = expand_attacks(attacks, eps_list)
-    vic, skipped = expand_victims(victims, strict=strict)
-    sur = resolve("victim", surrogate or default_surrogate())
+    atk = expand_attacks(attacks, eps_list, protocol)
+    vic, skipped = expand_victims(victims, strict=strict, protocol=protocol)
+    sur = resolve("victim", surrogate or default_surrogate(), protocol=protocol)
     if not getattr(sur.cls, "is_surrogate", False):
         raise ConfigError(
             f"victim {sur.name!r} cannot serve as a surrogate (no differentiable encoder path)"
@@ -80,7 +84,9 @@ def plan(
     check_weights([*vic, sur])
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")
-    return RunSpec(ds, atk, vic, sur, seed=seed, limit=limit, skipped_victims=skipped)
+    return RunSpec(
+        ds, atk, vic, sur, seed=seed, limit=limit, skipped_victims=skipped, protocol=protocol
+    )
 
 
 def run(
@@ -102,13 +108,14 @@ def run(
     executor: str = "local",
     retry_failed: bool = False,
     executor_options: dict[str, Any] | None = None,
+    protocol: str = "uadbench",
 ) -> RunResult:
     """Attack, evaluate and store; rerunning into the same ``out`` resumes.
 
     Returns the run directory and a summary; ``result.ok`` is False when any job failed
     (failures are in ``failures.jsonl``).
     """
-    spec = plan(attacks, victims, dataset, surrogate, seed, limit, eps, strict)
+    spec = plan(attacks, victims, dataset, surrogate, seed, limit, eps, strict, protocol)
     spec.sample_ids = sample_ids
     check_device(device)
     if dtype not in DTYPES:

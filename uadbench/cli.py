@@ -98,6 +98,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="with --executor ray: GPUs per model actor",
     )
     p.add_argument("--format", default="terminal", help="format of the final leaderboard")
+    p.add_argument(
+        "--protocol",
+        default="uadbench",
+        choices=["uadbench", "reference"],
+        help="uadbench (default) or reference: the reference implementation's behaviours, "
+        "to reproduce the paper (docs/reference-differences.md)",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -145,6 +152,7 @@ def _run_one(args: argparse.Namespace, seed: int, out: str | None, dirs: list | 
         executor=args.executor,
         retry_failed=args.retry_failed,
         executor_options=_executor_options(args),
+        protocol=args.protocol,
     )
     if dirs is not None:
         dirs.append(res.run_dir)

@@ -88,30 +88,48 @@ class AttackSam(Attack):
         return self.pgd(x, lambda xa: self.loss(surrogate, xa, prompts) * scale, maximize=False)
 
 
+#: Attack-SAM-K prompt modes: the paper's one prompt of K points, or K one-point prompts
+SAMK_MODES = ("one-prompt", "per-point")
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackSamKConfig(AttackSamConfig):
-    """``k``: number of random point prompts per image (400)."""
+    """``k``: number of random points per image (400). ``mode``: "one-prompt" (the
+    reference's and the paper's: the K points form ONE prompt, one mask) or "per-point"
+    (K one-point prompts, K masks, ClipMSE over all of them; about K× the decoder cost)."""
 
     k: int = 400
+    mode: str = "one-prompt"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.k < 1:
             raise ValueError(f"k={self.k} must be at least 1")
+        if self.mode not in SAMK_MODES:
+            raise ValueError(f"mode={self.mode!r} must be one of {', '.join(SAMK_MODES)}")
+
+
+def random_points(h: int, w: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` distinct pixel positions drawn uniformly over an (h, w) image, without
+    replacement: (n, 2) XY, n = min(k, h·w)."""
+    n = min(k, h * w)
+    idx = rng.choice(h * w, size=n, replace=False)
+    return np.stack([idx % w, idx // w], axis=1).astype(np.float64)
 
 
 def random_point_prompts(h: int, w: int, k: int, rng: np.random.Generator) -> PromptSet:
-    """``k`` distinct pixel positions drawn uniformly over an (h, w) image, as positive
-    point prompts (x, y) (fewer if the image has fewer than ``k`` pixels)."""
-    n = min(k, h * w)
-    idx = rng.choice(h * w, size=n, replace=False)
-    pts = np.stack([idx % w, idx // w], axis=1).astype(np.float64)
-    return PromptSet.from_lists(points=[tuple(p) for p in pts])
+    """:func:`random_points` as ``n`` one-point positive prompts."""
+    return PromptSet.from_lists(points=[tuple(p) for p in random_points(h, w, k, rng)])
 
 
 class AttackSamK(AttackSam):
-    """Attack-SAM-K: Attack-SAM with K = 400 random point prompts drawn uniformly over the
-    whole image (the prompt-agnostic variant the UAD paper reports).
+    """Attack-SAM-K: Attack-SAM with K = 400 random points drawn uniformly over the whole
+    image (the prompt-agnostic variant the UAD paper reports).
+
+    ``mode="one-prompt"`` (default, as the reference ran it): the K points are ONE prompt
+    of K positive points (``point_coords`` (1, K, 2)) → one mask per image; ClipMSE on its
+    low-res logits. ``mode="per-point"``: K one-point prompts → K masks, ClipMSE over all
+    (a different, ~K× costlier attack; labelled ``attack-sam-k[mode=per-point]``).
 
     The points are distinct pixels drawn once per image from (run seed, sample id) and
     kept for all iterations; the evaluation prompts are not used.
@@ -119,22 +137,51 @@ class AttackSamK(AttackSam):
     Threat model: L∞, ε = 8/255, α = 2/255, 40 steps; white-box on the surrogate SAM,
     prompt-agnostic.
 
-    Args (``AttackSamKConfig``): those of Attack-SAM plus ``k`` (400).
+    Args (``AttackSamKConfig``): those of Attack-SAM plus ``k`` (400), ``mode``
+    ("one-prompt" | "per-point").
 
-    Shapes: ``perturb(x)`` with x float (B, 3, H, W) in [0, 1] → same shape.
+    Shapes: ``perturb(x)`` with x float (B, 3, H, W) in [0, 1] → same shape; one-prompt
+    logits are (1, h, w) per image.
 
     Example::
 
         uadbench run --attack attack-sam-k:k=100 --victims all
+        uadbench run --attack attack-sam-k:mode=per-point --victims all
     """
 
     name = "attack-sam-k"
     Config = AttackSamKConfig
     uses_prompts = False
 
-    def prompts_for(self, x: torch.Tensor, ctx: AttackContext) -> list[PromptSet]:
+    def points_for(self, x: torch.Tensor, ctx: AttackContext) -> list[np.ndarray]:
+        """The K points of each batch image, (K, 2) XY pixels."""
         h, w = x.shape[-2:]
         return [
-            random_point_prompts(h, w, self.config.k, sample_context(ctx, i).rng("points"))
+            random_points(h, w, self.config.k, sample_context(ctx, i).rng("points"))
             for i in range(x.shape[0])
         ]
+
+    def prompts_for(self, x: torch.Tensor, ctx: AttackContext) -> list[PromptSet]:
+        return [
+            PromptSet.from_lists(points=[tuple(p) for p in pts]) for pts in self.points_for(x, ctx)
+        ]
+
+    def group_loss(self, surrogate, x: torch.Tensor, points: list[np.ndarray]) -> torch.Tensor:
+        """Per-image ClipMSE of the one K-point prompt's mask logits: (B,)."""
+        if not hasattr(surrogate, "point_group_logits"):
+            raise ConfigError(
+                f"surrogate {surrogate.name} cannot decode one prompt of many points; use "
+                f"attack-sam-k:mode=per-point or a SAM-family surrogate"
+            )
+        with autocast(x.device, self.config.amp):
+            logits = surrogate.point_group_logits(x, points)
+        return torch.stack([clip_mse(m.float(), self.config.clip_max) for m in logits])
+
+    def perturb(self, x: torch.Tensor, surrogate, ctx: AttackContext) -> torch.Tensor:
+        if self.config.mode == "per-point":
+            return super().perturb(x, surrogate, ctx)
+        points = self.points_for(x, ctx)
+        scale = loss_scale(self.config.amp)
+        return self.pgd(
+            x, lambda xa: self.group_loss(surrogate, xa, points) * scale, maximize=False
+        )

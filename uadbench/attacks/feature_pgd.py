@@ -120,17 +120,13 @@ def resize_image(img, hw: tuple[int, int], device: torch.device) -> torch.Tensor
     return t[0].clamp(0, 1).to(device)
 
 
-def draw_other_images(
-    ctx: AttackContext,
-    hw: tuple[int, int],
-    device: torch.device,
-    generators: list | None = None,
-    who: str = "",
-) -> torch.Tensor:
-    """One random *other* image of the dataset per batch image, resized to ``hw``:
-    float (B, 3, H, W) in [0, 1]. ``generators``: per-image numpy generators (advanced
-    in place, so successive calls draw fresh images); default: fresh ones from the
-    sample seeds with salt "target"."""
+def draw_other_raw(
+    ctx: AttackContext, generators: list | None = None, who: str = ""
+) -> list[np.ndarray]:
+    """One random *other* image of the dataset per batch image, as drawn: RGB uint8
+    (h_i, w_i, 3) at its own size. ``generators``: per-image numpy generators (advanced
+    in place, so successive calls draw fresh images); default: fresh ones from the sample
+    seeds with salt "target"."""
     if ctx.draw_image is None:
         raise ConfigError(
             f"attack {who or '?'} draws target images from the dataset: run it through the "
@@ -138,11 +134,19 @@ def draw_other_images(
         )
     if generators is None:
         generators = [sample_context(ctx, i).rng("target") for i in range(len(ctx.sample_ids))]
-    imgs = [
-        resize_image(ctx.draw_image(g, sid), hw, device)
-        for g, sid in zip(generators, ctx.sample_ids)
-    ]
-    return torch.stack(imgs)
+    return [np.asarray(ctx.draw_image(g, sid)) for g, sid in zip(generators, ctx.sample_ids)]
+
+
+def draw_other_images(
+    ctx: AttackContext,
+    hw: tuple[int, int],
+    device: torch.device,
+    generators: list | None = None,
+    who: str = "",
+) -> torch.Tensor:
+    """:func:`draw_other_raw` resized (stretched) to ``hw``: float (B, 3, H, W) in [0, 1]."""
+    imgs = draw_other_raw(ctx, generators, who)
+    return torch.stack([resize_image(im, hw, device) for im in imgs])
 
 
 def feature_distance(feats_adv: list[torch.Tensor], feats_ref: list[torch.Tensor]) -> torch.Tensor:
@@ -200,6 +204,32 @@ class FeatureAttack(Attack):
     def ref_feats(self, surrogate, x: torch.Tensor, taps: Sequence[int]) -> list[torch.Tensor]:
         """Features of fixed images (clean, target, competitor), without autograd."""
         return [f.detach() for f in self.feats(surrogate, x, taps)]
+
+    @torch.no_grad()
+    def other_feats(
+        self,
+        surrogate,
+        images: Sequence[np.ndarray],
+        hw: tuple[int, int],
+        taps: Sequence[int],
+        device: torch.device,
+    ) -> list[torch.Tensor]:
+        """Features of other images (targets, competitors), one per batch image.
+
+        A surrogate with a fixed input frame (``img_size``: SAM resizes the longest side
+        to it and pads) encodes each image through its own preprocessing at the image's
+        own aspect ratio, as the reference encodes them; a surrogate that runs at the
+        image's own size (no ``img_size``) gets them resized to the source's ``hw``, the
+        only frame whose tokens line up with the source's."""
+        if getattr(surrogate, "img_size", None) is None:
+            return self.ref_feats(
+                surrogate, torch.stack([resize_image(im, hw, device) for im in images]), taps
+            )
+        per = [
+            self.ref_feats(surrogate, resize_image(im, im.shape[:2], device)[None], taps)
+            for im in images
+        ]
+        return [torch.cat([p[t] for p in per]) for t in range(len(taps))]
 
     def run_pgd(
         self, x: torch.Tensor, loss_fn: Any, maximize: bool, x_init: torch.Tensor | None = None

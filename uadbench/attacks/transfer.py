@@ -6,7 +6,8 @@ surrogate's encoder taps; distances are the reference's: one L2 norm over all ta
 stacked (:func:`~.feature_pgd.stacked_distance`), cosines per flattened tap averaged
 over taps (:func:`~.feature_pgd.tap_cosine`). Target and competitor images are other
 images of the run's dataset, drawn per image from (run seed, sample id) through
-``ctx.draw_image`` and resized to the source image's size.
+``ctx.draw_image`` and encoded through the surrogate's own preprocessing at their own
+aspect ratio (:meth:`~.feature_pgd.FeatureAttack.other_feats`), as the reference does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .feature_pgd import (
     SAM_PIXEL_STD,
     FeatureAttack,
     FeaturePGDConfig,
-    draw_other_images,
+    draw_other_raw,
     resolve_taps,
     sample_context,
     sample_randn,
@@ -152,7 +153,7 @@ class AA(FeatureAttack):
 
     Minimises ‖f(x_adv) − f(x_t)‖₂ over the encoder taps towards the features of a target
     image x_t: another image of the run's dataset drawn from (run seed, sample id),
-    resized to the source's size. Starts from x.
+    encoded at its own aspect ratio through the surrogate's preprocessing. Starts from x.
 
     Threat model: L∞, ε = 8/255, α = 2/255, 40 steps; transfer (surrogate only);
     targeted in feature space.
@@ -170,13 +171,16 @@ class AA(FeatureAttack):
     Config = FeaturePGDConfig
     uses_dataset = True
 
-    def targets(self, x: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
-        """The target image of each batch image: float (B, 3, H, W) in [0, 1]."""
-        return draw_other_images(ctx, tuple(x.shape[-2:]), x.device, who=self.name)
+    def target_features(
+        self, surrogate, x: torch.Tensor, ctx: AttackContext, taps
+    ) -> list[torch.Tensor]:
+        """The features of each batch image's target image (one per tap, batch first)."""
+        imgs = draw_other_raw(ctx, who=self.name)
+        return self.other_feats(surrogate, imgs, tuple(x.shape[-2:]), taps, x.device)
 
     def perturb(self, x: torch.Tensor, surrogate, ctx: AttackContext) -> torch.Tensor:
         taps = resolve_taps(surrogate, self.config.taps)
-        target = self.ref_feats(surrogate, self.targets(x, ctx), taps)
+        target = self.target_features(surrogate, x, ctx, taps)
         return self.run_pgd(
             x, lambda xa: stacked_distance(self.feats(surrogate, xa, taps), target), False
         )
@@ -225,12 +229,12 @@ class PATA(AA):
         cfg = self.config
         taps = resolve_taps(surrogate, cfg.taps)
         hw = tuple(x.shape[-2:])
-        target = self.ref_feats(surrogate, self.targets(x, ctx), taps)
+        target = self.target_features(surrogate, x, ctx, taps)
         comp_rngs = [sample_context(ctx, i).rng("competitor") for i in range(len(ctx.sample_ids))]
 
         def competitor() -> list[torch.Tensor]:
-            imgs = draw_other_images(ctx, hw, x.device, comp_rngs, who=self.name)
-            return self.ref_feats(surrogate, imgs, taps)
+            imgs = draw_other_raw(ctx, comp_rngs, who=self.name)
+            return self.other_feats(surrogate, imgs, hw, taps, x.device)
 
         state = {"comp": competitor()}
 

@@ -11,16 +11,24 @@ Two stages (UAD.md):
    f(I + r) move towards f(Î) and away from f(I): minimise
    L_F = mean over taps of −cos(f(I + r), f(Î)) + cos(f(I + r), f(I)).
 
-Frame of reference. The paper works on SAM's 1024-px input. uadbench attacks the image at
-its own resolution (H, W), with S = max(H, W) and one *reference unit* u = S/1024 px:
+Frame of reference. The paper works on SAM's 1024-px input. UAD here works on the image it
+is given, of size (H, W) — the surrogate's frame with ``attack_space=model`` (default; for
+SAM, longest side 1024 without the padding), the image's own size with
+``attack_space=image`` — with S = max(H, W) and one *reference unit* u = S/1024 px:
 
 - the n×n grid of control points covers the image itself (blocks H/n × W/n; the reference
   grids the padded 1024² square), source/destination noise is a fraction of the block;
 - Adam's step (lr = 10 at 1024) is 10·u px; points are clamped to [0, W−1] × [0, H−1];
 - the checkerboard cell (300 px at 1024) is 300·u px;
 - L_C is computed on displacements in reference units (px / u), L_D on pixel differences
-  in SAM-normalized units (×255/std per channel), as the reference computes both; so on a
-  square 1024² image stage 1 is the reference's to float precision.
+  in SAM-normalized units (×255/std per channel), as the reference computes both.
+
+On a square 1024² image the constants are the reference's, but stage 1 is not its
+computation to float precision: the reference puts the control points at integer centres
+int((i + 0.5)·int(1024/n)) (85, 255, …, 935 for n = 6; here (i + 0.5)·1024/n = 85.3,
+256, …, 938.7, up to 3.7 px apart) and scales the initial noise by an integer block of
+170 px (here 170.7), and it resamples with the x/y swap below. See
+docs/reference-differences.md.
 
 Where the reference has bugs we follow the spec, not the bug: its resampling swaps the
 x/y components of the flow and mixes ``align_corners`` conventions (a 0.5 px rescaling);
@@ -265,6 +273,11 @@ def fidelity_loss(
 
 
 # ============================================================================ the attack
+#: units of ``di_noise_std``: SAM-normalized (the reference's: ×std/255 per channel in
+#: pixels, 4/255 ≈ 0.9 grey levels) or [0, 1] pixels (4/255 = 4 grey levels)
+DI_UNITS = ("normalized", "pixel")
+
+
 @dataclasses.dataclass(frozen=True)
 class UADConfig(FeaturePGDConfig):
     """UAD settings; names follow the reference implementation, defaults are its own.
@@ -276,7 +289,10 @@ class UADConfig(FeaturePGDConfig):
     ``fidelity_loss_alpha`` (λ_F = 1), ``est_fidelity_iter`` (T_f = 4),
     ``fidelity_grad`` (False: f(Î) detached as in the reference).
     Stage 2: ``eps``, ``alpha``, ``steps`` (40) and ``taps`` as every feature attack;
-    ``use_di``/``di_noise_std`` (off, 4/255), ``use_mi``/``mi_momentum`` (off, 1).
+    ``use_di``/``di_noise_std`` (off, 4/255), ``di_units`` ("normalized", the
+    reference's, or "pixel"), ``di_keep`` (False: the noise only perturbs each forward's
+    input; True: it stays in the iterate, as in the reference), ``use_mi``/``mi_momentum``
+    (off, 1).
     Units: ``ref_size`` (1024) fixes the reference unit S/ref_size px; ``pixel_std``
     (SAM's) the normalized space of L_D. ``skip_unused_estimates``: see :class:`UAD`.
     """
@@ -306,9 +322,14 @@ class UADConfig(FeaturePGDConfig):
     fidelity_grad: bool = False
     """Let L_F's gradient reach the points (the reference detaches f(Î))."""
     use_di: bool = False
-    """Stage 2: Gaussian noise added to the input of every forward (not kept in the iterate)."""
+    """Stage 2: Gaussian noise added to the input of every forward (kept only with di_keep)."""
     di_noise_std: float = 4 / 255
-    """Std of use_di's noise, fraction of the [0, 1] pixel range."""
+    """Std of use_di's noise, in di_units (4/255 normalized: ~0.9 grey levels)."""
+    di_units: str = "normalized"
+    """Unit of di_noise_std: "normalized" (SAM-normalized space, the reference's) or "pixel"
+    (fraction of the [0, 1] pixel range)."""
+    di_keep: bool = False
+    """Keep the noise in the stepped iterate (the reference's behaviour)."""
     use_mi: bool = False
     """Stage 2: momentum over per-image L1-normalised gradients (MI-FGSM)."""
     mi_momentum: float = 1.0
@@ -332,6 +353,8 @@ class UADConfig(FeaturePGDConfig):
             raise ValueError(
                 f"num_split={self.num_split}: a thin-plate spline needs a grid of at least 2×2 points"
             )
+        if self.di_units not in DI_UNITS:
+            raise ValueError(f"di_units={self.di_units!r} must be one of {', '.join(DI_UNITS)}")
         if self.warp_filter_stride <= 0 or self.ref_size <= 0 or self.deform_lr <= 0:
             raise ValueError("warp_filter_stride, ref_size and deform_lr must be > 0")
 
@@ -384,7 +407,10 @@ class UAD(FeatureAttack):
     paper's MS-SSIM(Î, I) via pytorch-msssim), ``control_loss_alpha`` (0.05),
     ``fidelity_loss_alpha`` (1), ``est_fidelity_iter`` (4), ``fidelity_grad`` (False),
     ``use_di``/``di_noise_std`` (False, 4/255: Gaussian noise added to the input of every
-    stage-2 forward, not kept in the iterate), ``use_mi``/``mi_momentum`` (False, 1:
+    stage-2 forward), ``di_units`` ("normalized": the std is in SAM-normalized units, as
+    in the reference, ≈ 0.9 grey levels; "pixel": in [0, 1] pixels), ``di_keep`` (False:
+    the noise is not kept in the iterate; True: the step is taken from the noisy iterate,
+    the reference's behaviour), ``use_mi``/``mi_momentum`` (False, 1:
     momentum over per-image L1-normalised gradients), ``ref_size`` (1024), ``pixel_std``
     (SAM's), ``skip_unused_estimates`` (True).
 
@@ -484,15 +510,20 @@ class UAD(FeatureAttack):
         x_adv = x.detach().clone()
         momentum = torch.zeros_like(x)
         point_term = None
+        di_scale = cfg.di_noise_std
+        if cfg.di_units == "normalized":
+            di_scale = (
+                di_scale * torch.tensor(cfg.pixel_std, device=x.device).view(1, -1, 1, 1) / 255
+            )
         for t in range(steps):
-            x_adv.requires_grad_(True)
-            inp = x_adv
+            noise = None
             if cfg.use_di:
-                inp = (
-                    x_adv
-                    + sample_randn(ctx, x.shape[1:], f"{salt}/di/{t}", x.device) * cfg.di_noise_std
-                )
-            adv = self.feats(surrogate, inp, taps)
+                noise = sample_randn(ctx, x.shape[1:], f"{salt}/di/{t}", x.device) * di_scale
+                if cfg.di_keep:  # the reference: the noisy iterate is the one stepped
+                    x_adv, noise = (x_adv.detach() + noise), None
+            x_adv.requires_grad_(True)
+            inp = x_adv if noise is None else x_adv + noise
+            adv = self.feats(surrogate, self.view(inp), taps)
             loss = fidelity_loss(adv, target, clean)
             (grad,) = torch.autograd.grad(loss.sum() * scale, x_adv)
             if target_graph is not None:

@@ -22,6 +22,24 @@ log = logging.getLogger(__name__)
 
 CLEAN = "clean"
 
+#: ``--protocol``: "uadbench" (default: every setting at its own default) or "reference"
+#: (the reference implementation's behaviours, to reproduce the paper's table; see
+#: docs/reference-differences.md). Under "reference", a plugin whose Config has one of
+#: these fields gets this value unless its spec sets the field itself.
+PROTOCOLS = ("uadbench", "reference")
+REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
+    "attack": {"attack_space": "model", "output": "reference", "di_keep": True},
+    "victim": {"channels": "bgr"},
+}
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)} "
+            "(reference reproduces the paper's setup; see docs/reference-differences.md)"
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Plugin:
@@ -55,8 +73,11 @@ class Plugin:
         return rec
 
 
-def resolve(kind: str, spec_text: str, extra: dict[str, Any] | None = None) -> Plugin:
-    """Resolve one ``name[:k=v,…]`` spec of ``kind`` (attack, victim, dataset)."""
+def resolve(
+    kind: str, spec_text: str, extra: dict[str, Any] | None = None, protocol: str = "uadbench"
+) -> Plugin:
+    """Resolve one ``name[:k=v,…]`` spec of ``kind`` (attack, victim, dataset) under
+    ``protocol`` (see ``PROTOCOLS``)."""
     registry = {"attack": ATTACKS, "victim": VICTIMS, "dataset": DATASETS}[kind]
     spec = parse_spec(spec_text)
     name = registry.canonical(spec.name)
@@ -66,6 +87,12 @@ def resolve(kind: str, spec_text: str, extra: dict[str, Any] | None = None) -> P
     cfg_cls = getattr(cls, "Config", None)
     if cfg_cls is None or not dataclasses.is_dataclass(cfg_cls):
         raise UadbenchError(f"{kind} {name!r} has no Config dataclass")  # plugin bug
+    check_protocol(protocol)
+    if protocol == "reference":
+        have = {f.name for f in dataclasses.fields(cfg_cls)}
+        for k, v in REFERENCE_SETTINGS.get(kind, {}).items():
+            if k in have:
+                overrides.setdefault(k, v)
     if name.endswith(":") or ":" in name:
         # prefix entries (hf:<id>) get the id as a config field named ``model_id``
         if "model_id" in {f.name for f in dataclasses.fields(cfg_cls)}:
@@ -83,7 +110,9 @@ def is_all(text: str) -> bool:
     return text.strip().lower() == "all"
 
 
-def expand_attacks(text: str, eps_sweep: list[float] | None = None) -> list[Plugin]:
+def expand_attacks(
+    text: str, eps_sweep: list[float] | None = None, protocol: str = "uadbench"
+) -> list[Plugin]:
     """``uad,aa:eps=4/255`` or ``all`` → configured attacks; ``eps_sweep`` (in [0, 1])
     makes one variant per budget of every attack."""
     specs = ATTACKS.names() if is_all(text) else split_specs(text)
@@ -91,9 +120,9 @@ def expand_attacks(text: str, eps_sweep: list[float] | None = None) -> list[Plug
     for s in specs:
         if eps_sweep:
             for e in eps_sweep:
-                out.append(resolve("attack", s, {"eps": e}))
+                out.append(resolve("attack", s, {"eps": e}, protocol))
         else:
-            out.append(resolve("attack", s))
+            out.append(resolve("attack", s, protocol=protocol))
     return _dedupe(out)
 
 
@@ -106,7 +135,9 @@ def _dedupe(plugins: list[Plugin]) -> list[Plugin]:
     return out
 
 
-def expand_victims(text: str, strict: bool = False) -> tuple[list[Plugin], list[tuple[str, str]]]:
+def expand_victims(
+    text: str, strict: bool = False, protocol: str = "uadbench"
+) -> tuple[list[Plugin], list[tuple[str, str]]]:
     """``sam-vit-b,hf:facebook/sam-vit-base`` or ``all`` → (victims, skipped with reasons).
 
     ``all`` = every registered victim whose weights are present; the rest are listed as
@@ -119,8 +150,8 @@ def expand_victims(text: str, strict: bool = False) -> tuple[list[Plugin], list[
                 "no victim has weights on this machine: "
                 + "; ".join(f"{n}: {r}" for n, r in skipped)
             )
-        return _dedupe([resolve("victim", n) for n in usable]), skipped
-    victims = _dedupe([resolve("victim", s) for s in split_specs(text)])
+        return _dedupe([resolve("victim", n, protocol=protocol) for n in usable]), skipped
+    victims = _dedupe([resolve("victim", s, protocol=protocol) for s in split_specs(text)])
     return victims, []
 
 
@@ -213,15 +244,20 @@ class RunSpec:
     sample_ids: list[str] | None = None
     prompt_config: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     skipped_victims: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    protocol: str = "uadbench"
 
     def identity(self) -> dict[str, Any]:
-        """What must match for two invocations to share a run directory."""
-        return {
+        """What must match for two invocations to share a run directory (the manifest
+        records it; ``protocol`` appears only when it is not the default)."""
+        ident = {
             "dataset": {"name": self.dataset.name, "hash": self.dataset.hash},
             "seed": self.seed,
             "surrogate": {"name": self.surrogate.name, "hash": self.surrogate.hash},
             "prompts": dataclasses.asdict(self.prompt_config),
         }
+        if self.protocol != "uadbench":
+            ident["protocol"] = self.protocol
+        return ident
 
     def default_out(self, root: str | Path = "results") -> Path:
         import hashlib

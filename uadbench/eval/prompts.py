@@ -5,8 +5,9 @@ Prompts are not chosen by datasets or attacks: they are a function of
 same prompts for the same image and per-prompt results pair across the whole run.
 
 With ground-truth masks (paper protocol, UAD.md):
-    the first ``max_masks`` (10) annotated masks; per mask ``points_per_mask`` (5)
-    positive points drawn uniformly from the mask's pixels, and ``boxes_per_mask`` (3)
+    the first ``max_masks`` (10) annotated masks; per mask min(``points_per_mask`` (5),
+    |mask|) positive points: distinct pixels of the mask drawn uniformly without
+    replacement, and ``boxes_per_mask`` (3)
     boxes = the GT box with width and height each scaled by a factor drawn
     uniformly from [1 - jitter, 1 + jitter] (jitter 0.1) around its centre, clipped
     to the image. Reference mask = the GT mask.
@@ -142,7 +143,8 @@ def sample_prompts(
         usable = [i for i in range(len(masks)) if masks[i].any()][: cfg.max_masks]
         for mi in usable:
             ys, xs = np.nonzero(masks[mi])
-            pick = rng.integers(0, len(xs), size=cfg.points_per_mask)
+            # distinct pixels, without replacement (the reference's np.random.choice)
+            pick = rng.choice(len(xs), size=min(cfg.points_per_mask, len(xs)), replace=False)
             for j in pick:
                 kinds.append(POINT)
                 coords.append([float(xs[j]), float(ys[j]), np.nan, np.nan])

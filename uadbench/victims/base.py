@@ -60,6 +60,12 @@ def checkpoint_dirs() -> list[Path]:
     return dirs
 
 
+def resized_hw(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """Size after scaling the longest side to ``long_side`` (SAM's ResizeLongestSide)."""
+    scale = long_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
 @dataclasses.dataclass(frozen=True)
 class VictimConfig:
     """Settings every victim has. ``checkpoint``: explicit weights path (overrides search).
@@ -179,6 +185,14 @@ class Victim(ABC):
         Differentiable in ``x``; runs the encoder only up to ``max(taps)``.
         """
         raise NotImplementedError(f"victim {self.name} cannot serve as a surrogate")
+
+    def model_frame(self, hw: tuple[int, int]) -> tuple[int, int] | None:
+        """Size (h, w) an (H, W) image has inside the surrogate's input frame — its longest
+        side scaled to the model's ``img_size``, before padding — or None for a surrogate
+        that runs at the image's own size. An image of this size goes through
+        :meth:`features` unresized (``attack_space=model`` attacks there)."""
+        size = getattr(self, "img_size", None)
+        return resized_hw(int(hw[0]), int(hw[1]), int(size)) if size else None
 
     def mask_logits(self, x: torch.Tensor, prompts: Sequence[PromptSet]) -> list[torch.Tensor]:
         """Low-resolution mask logits per image: list of (P_i, h, w) tensors, differentiable in x."""

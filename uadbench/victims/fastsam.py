@@ -219,17 +219,34 @@ def select_masks(masks: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
     return out
 
 
+def ultralytics_input(image: np.ndarray, channels: str = "rgb") -> np.ndarray:
+    """The array to hand ultralytics for an RGB uint8 image: ultralytics reads arrays as
+    BGR, so "rgb" (true colours) swaps to BGR; "bgr" hands the RGB array as it is (the
+    reference's channel swap)."""
+    if channels == "bgr":
+        return np.ascontiguousarray(image)
+    return np.ascontiguousarray(image[..., ::-1])
+
+
 # ---------------------------------------------------------------------- victims
 @dataclasses.dataclass(frozen=True)
 class FastSamConfig(VictimConfig):
     """Everything-mode settings of the UAD evaluation: ``conf`` 0.4, NMS ``iou`` 0.9,
-    ``imgsz`` 0 = max(H, W) of each image, ``retina_masks`` (masks at image resolution)."""
+    ``imgsz`` 0 = max(H, W) of each image, ``retina_masks`` (masks at image resolution).
+    ``channels``: "rgb" (default: the model sees the image's true colours) or "bgr" (the
+    reference's setting: it handed RGB arrays to ultralytics, which reads arrays as BGR,
+    so the paper's FastSAM column saw channel-swapped images)."""
 
     conf: float = 0.4
     iou: float = 0.9
     imgsz: int = 0
     retina_masks: bool = True
     max_det: int = 300
+    channels: str = "rgb"
+
+    def __post_init__(self) -> None:
+        if self.channels not in ("rgb", "bgr"):
+            raise ValueError(f"channels={self.channels!r} must be rgb or bgr")
 
 
 class FastSamVictim(Victim):
@@ -291,8 +308,7 @@ class FastSamVictim(Victim):
         h, w = image.shape[:2]
         pred = self._get_predictor()
         pred.args.imgsz = int(self.config.imgsz) or max(h, w)
-        bgr = np.ascontiguousarray(image[..., ::-1])  # ultralytics reads arrays as BGR
-        result = pred(source=bgr)[0]
+        result = pred(source=ultralytics_input(image, self.config.channels))[0]
         if result.masks is None or len(result) == 0:
             return {"masks": torch.zeros(0, h, w, dtype=torch.bool, device=self.device)}
         masks = result.masks.data

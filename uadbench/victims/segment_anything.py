@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import UadbenchError
 from ..eval.prompts import PromptSet
-from .base import Victim, VictimConfig, WeightsStatus
+from .base import Victim, VictimConfig, WeightsStatus, resized_hw
 from .checkpoints import find_checkpoint, load_state_dict_strict, read_state_dict
 
 #: SAM's input normalisation (0–255 scale), shared by every SAM-family model
@@ -104,12 +104,6 @@ def build_sam(arch: SamArch, image_encoder: torch.nn.Module | None = None) -> to
         pixel_mean=list(PIXEL_MEAN),
         pixel_std=list(PIXEL_STD),
     )
-
-
-def resized_hw(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """Size after scaling the longest side to ``long_side`` (SAM's ResizeLongestSide)."""
-    scale = long_side / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 class SamFamilyVictim(Victim):
@@ -229,6 +223,45 @@ class SamFamilyVictim(Victim):
             )
             for i, p in enumerate(prompts)
         ]
+
+    def point_group_logits(
+        self, x: torch.Tensor, points: Sequence[np.ndarray]
+    ) -> list[torch.Tensor]:
+        """Low-resolution mask logits of ONE prompt made of many positive points, per image:
+        list of (1, h, w) tensors, differentiable in ``x`` (B, 3, H, W) in [0, 1].
+
+        ``points[i]``: (K, 2) XY pixels of image i. The K points go to the prompt encoder
+        together, as ``point_coords`` of shape (1, K, 2) (the reference's Attack-SAM-K),
+        through the victim's own decoder path (HQ-SAM and the zoo included). A victim
+        whose prompts also carry a dense map per point (the zoo) gets the mean of its
+        points' dense embeddings.
+        """
+        pe = self.model.prompt_encoder
+        hw = tuple(x.shape[-2:])
+        input_hw = resized_hw(hw[0], hw[1], self.img_size)
+        scale = torch.tensor(
+            [input_hw[1] / hw[1], input_hw[0] / hw[0]], device=self.device, dtype=torch.float32
+        )
+        own = self._encode_prompts
+        groups = []
+        with torch.no_grad():  # the prompt does not depend on the image
+            for pts in points:
+                ps = PromptSet.from_lists(points=[tuple(p) for p in np.asarray(pts, float)])
+                _, dense = own(ps, hw, input_hw)
+                xy = torch.as_tensor(np.asarray(pts, np.float32), device=self.device) * scale
+                labels = torch.ones(1, len(pts), dtype=torch.int64, device=self.device)
+                sparse, _ = pe(points=(xy[None].to(self.dtype), labels), boxes=None, masks=None)
+                groups.append((sparse, dense.mean(dim=0, keepdim=True)))
+        one = PromptSet.from_lists(points=[(0.0, 0.0)])
+        out = []
+        for i, (sparse, dense) in enumerate(groups):
+            # route the group through the victim's own logits path as a single prompt
+            self._encode_prompts = lambda *_a, s=sparse, d=dense: (s, d)
+            try:
+                out.append(self.mask_logits(x[i : i + 1], [one])[0])
+            finally:
+                del self._encode_prompts
+        return out
 
 
 # ---------------------------------------------------------------------- official sizes
