@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..config import budget_field
 from ..eval.prompts import PromptSet
 
 
@@ -26,8 +27,8 @@ from ..eval.prompts import PromptSet
 class AttackConfig:
     """The common threat model (UAD.md): ε = 8/255, α = 2/255, 40 signed steps."""
 
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
+    eps: float = budget_field(8 / 255)  # eps=8, eps=8/255 and --eps 8 agree
+    alpha: float = budget_field(2 / 255)
     steps: int = 40
 
     def __post_init__(self) -> None:
