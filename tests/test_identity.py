@@ -129,15 +129,16 @@ def test_show_looks_victims_up_by_label(image_two_objects):
     from uadbench.eval.prompts import sample_prompts
     from uadbench.report.panel import predict_masks
 
-    recs = [resolve("victim", TINY).record(), resolve("victim", f"{TINY}:seed=1").record()]
+    specs = [TINY, f"{TINY}:seed=1"]
+    recs = [resolve("victim", s).record() for s in specs]
     labels = [r["label"] for r in recs]
     assert labels == [TINY, f"{TINY}[seed=1]"]
     prompts = sample_prompts("t", "x", image_two_objects.shape[:2], None, None, 0)
     out = predict_masks({"victims": recs}, labels, image_two_objects, image_two_objects, prompts)
-    for label, rec in zip(labels, recs):
+    for label, spec in zip(labels, specs):
         cm, _, note = out[label]
         assert note == "" and cm is not None
-        p = Plugin.from_record("victim", rec)
+        p = resolve("victim", spec)
         np.testing.assert_array_equal(cm, p.cls(p.config).predict(image_two_objects, prompts))
     assert not np.array_equal(out[labels[0]][0], out[labels[1]][0])
 

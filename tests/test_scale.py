@@ -160,3 +160,32 @@ def test_out_of_memory_on_one_image_is_a_recorded_failure(
     rows = load_rows(res.run_dir)
     assert len(rows) == (3 + 2) * 80 and not rows.duplicated(KEY).any()
     assert res.summary.attack_done == 2 and len(res.summary.failures) == 2
+
+
+# ----------------------------------------------------------------------------- compaction
+def test_finished_run_compacts_its_shards_and_resumes_without_loss_or_duplicates(tmp_path):
+    from uadbench.store.rundir import compact_rows, shard_path, write_shard
+
+    out = tmp_path / "run"
+    kw = dict(attacks="feature-pgd:steps=1", victims=TINY, out=out, progress=False)
+    api.run(limit=1, **kw)
+    assert not list(out.glob("rows/*/*/*.parquet"))  # no loose shard left
+    files = sorted(p.relative_to(out / "rows").as_posix() for p in out.glob("rows/**/*.parquet"))
+    assert len(files) == 2 and all(f.count("/") == 1 for f in files)  # clean + the attack
+    first = load_rows(out)
+    again = api.run(limit=1, **kw)  # compacted rows count as done
+    assert again.summary.eval_done == 0 and again.summary.attack_done == 0
+    more = api.run(limit=2, **kw)  # a resumed run with one more image
+    assert more.summary.eval_done == 2  # only the new image's (clean, attack) jobs
+    rows = load_rows(out)
+    assert len(rows) == 2 * 2 * 80 and not rows.duplicated(KEY).any()
+    kept = first.merge(rows, how="left", indicator=True)
+    assert (kept["_merge"] == "both").all()  # the first image's rows as they were
+    assert not list(out.glob("rows/*/*/*.parquet"))
+    # a compaction killed after writing its file, before deleting its inputs: a loose shard
+    # whose sample is already compacted must count once, and the next compaction drops it
+    one = rows[(rows.sample_id == first.sample_id.iloc[0]) & (rows.attack == "clean")]
+    write_shard(shard_path(out, TINY, "clean", one.sample_id.iloc[0]), one.to_dict("records"))
+    assert len(load_rows(out)) == len(rows)
+    assert compact_rows(out) == 0 and len(load_rows(out)) == len(rows)
+    assert not list(out.glob("rows/*/*/*.parquet"))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RunDirError
@@ -92,16 +93,24 @@ def row_tables(run_dir: str | Path) -> list[pa.Table]:
     files = sorted(rows_dir.glob("**/*.parquet"))
     fileset = set(files)
     tables: list[pa.Table] = []
+    read: dict[Path, pa.Table] = {}  # compacted files read early to check a shard
     compacted_ids: dict[Path, set[str]] = {}
+
+    def stems(t: pa.Table) -> set[str]:
+        return {_safe(str(i)) for i in pc.unique(t.column("sample_id")).to_pylist()}
+
     for p in files:
         comp = _compacted_of(p)
-        if comp in fileset and p.parent != rows_dir:
+        if p.parent != rows_dir and comp in fileset:
             if comp not in compacted_ids:
-                ids = pq.read_table(comp, columns=["sample_id"]).column(0).to_pylist()
-                compacted_ids[comp] = {_safe(str(i)) for i in ids}
+                read[comp] = _read(comp)
+                compacted_ids[comp] = stems(read[comp])
             if p.stem in compacted_ids[comp]:
                 continue
-        tables.append(_read(p))
+        t = read.pop(p, None) or _read(p)
+        if p.parent.parent == rows_dir and p.with_suffix("").is_dir():
+            compacted_ids[p] = stems(t)  # a compacted file with loose shards beside it
+        tables.append(t)
     return tables
 
 
