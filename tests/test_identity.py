@@ -271,3 +271,13 @@ def test_executors_come_from_the_registry():
         EXECUTORS.unregister("mine")
     with pytest.raises(UadbenchError, match="Did you mean 'local'"):
         api.make_executor("locl")
+
+
+def test_bad_output_format_fails_before_any_job(tmp_path, capsys):
+    from uadbench.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "--attack", "feature-pgd:steps=1", "--victims", TINY, "--limit", "1"]
+    rc = main([*args, "--out", str(out), "--no-progress", "--format", "markdwn"])
+    assert rc == 2 and "--format 'markdwn'" in capsys.readouterr().err
+    assert not out.exists()

@@ -88,7 +88,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import api
+    from .report.leaderboard import FORMATS
 
+    if args.format not in FORMATS:  # checked before any job, not after the run
+        raise UadbenchError(f"--format {args.format!r}: choose one of {', '.join(FORMATS)}")
     res = api.run(
         attacks=args.attack,
         victims=args.victims,

@@ -39,7 +39,8 @@ from uadbench.store.rundir import (
 )
 
 FULL = os.environ.get("UADBENCH_BENCH") == "1"
-IMAGES = 1000 if FULL else 12
+#: the paper's 1000 images under UADBENCH_BENCH=1 (UADBENCH_BENCH_IMAGES=N to change it)
+IMAGES = int(os.environ.get("UADBENCH_BENCH_IMAGES", 1000)) if FULL else 12
 ATTACKS = [f"atk{i}-{i:012x}" for i in range(7)]
 VICTIMS = ["v-a", "v-b", "v-c", "v-d"]
 PROMPTS = 80
