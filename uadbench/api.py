@@ -110,9 +110,9 @@ def run(
     """Attack, evaluate and store; rerunning into the same ``out`` resumes.
 
     Everything checkable — names, options, device, dtype, executor, the dataset (opens,
-    has the samples, the first one reads), every victim's weights (found, load into the
-    architecture) and that ``out`` is writable — is checked before the manifest is
-    written or any job runs: a command that fails there leaves nothing behind.
+    has the samples), every victim's weights (found, load into the architecture) and
+    that ``out`` is writable — is checked before the manifest is written or any job
+    runs: a command that fails there leaves nothing behind.
 
     Returns the run directory and a summary; ``result.ok`` is False when any job failed
     (failures are in ``failures.jsonl``).
@@ -166,6 +166,16 @@ def execute(
         raise
     try:
         try:
+            ex = ex_cls(
+                spec,
+                run_dir,
+                device=device,
+                batch_size=batch_size,
+                progress=progress,
+                dtype=DTYPES[dtype],
+                only_failed=retry_failed,
+                **(executor_options or {}),
+            )
             man = open_manifest(
                 run_dir,
                 spec.identity(),
@@ -183,16 +193,6 @@ def execute(
                 why = exc.strerror or type(exc).__name__
                 raise RunDirError(f"cannot write the manifest in {run_dir} ({why})") from None
             raise
-        ex = ex_cls(
-            spec,
-            run_dir,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            dtype=DTYPES[dtype],
-            only_failed=retry_failed,
-            **(executor_options or {}),
-        )
         try:
             summary = ex.run()
         finally:
