@@ -65,9 +65,11 @@ def test_retry_failed_reruns_only_the_failed_jobs(tmp_path, capsys):
     fails = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert sorted(f["phase"] for f in fails) == ["attack", "eval", "eval"]
     assert {f["key"]["sample"] for f in fails} == {"b.jpg"}
-    assert set(load_rows(out).sample_id) == {"a.png"}
+    first = load_rows(out)
+    assert set(first.sample_id) == {"a.png"}
     finished = _files(out)
-    assert len(finished) == 1 + 2  # a.png: its adversarial image and two row shards
+    # a.png: its adversarial image and two row files (clean and attack, compacted)
+    assert len(finished) == 1 + 2
 
     broken.write_bytes(good_bytes)  # fixed
     # now over the whole dataset: c.png is pending but never failed, so it is not run
@@ -79,9 +81,12 @@ def test_retry_failed_reruns_only_the_failed_jobs(tmp_path, capsys):
     assert len(rows) == 2 * 2 * 80 and not rows.duplicated(KEY).any()
     assert not list(out.glob("adv/**/c.png"))
     after = _files(out)
-    assert len(after) == 2 * 3
+    assert len(after) == 2 + 2  # two adversarial images, the two compacted row files
     for path, mtime in finished.items():
-        assert after[path] == mtime, f"finished job redone: {path}"
+        if path.endswith(".png"):
+            assert after[path] == mtime, f"finished job redone: {path}"
+    kept = first.merge(rows, how="left", indicator=True)  # a.png's rows as they were
+    assert (kept["_merge"] == "both").all(), "finished job redone"
 
 
 @pytest.fixture
