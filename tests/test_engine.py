@@ -99,6 +99,10 @@ def _start_run_then_signal(out: Path, kill_when: str, sig: int):
 
 
 def _resume_loses_and_duplicates_nothing(out: Path, args: list[str], finished: dict[str, int]):
+    import pandas as pd
+
+    shards = [p for p in finished if p.endswith(".parquet")]
+    before = pd.concat([pd.read_parquet(p) for p in shards]) if shards else None
     again = _cli(*args)
     assert again.returncode == 0, again.stderr
     rows = load_rows(out)
@@ -106,7 +110,14 @@ def _resume_loses_and_duplicates_nothing(out: Path, args: list[str], finished: d
     assert not rows.duplicated(KEY).any()
     after = _files(out)
     for path, mtime in finished.items():
+        if path.endswith(".parquet"):
+            continue  # row shards are compacted when the run finishes: compared below
         assert after[path] == mtime, f"finished job redone: {path}"
+    if before is not None:  # finished rows kept as they were (their timing is not re-measured)
+        cols = [*KEY, "seconds", "iou"]
+        kept = before[cols].merge(rows[cols], how="left", indicator=True)
+        assert (kept["_merge"] == "both").all(), "finished job redone"
+    assert not list(out.glob("rows/*/*/*.parquet")), "finished run left loose row shards"
     assert not list(out.glob("**/*.tmp"))
     assert not (out / ".lock").exists()
 
@@ -201,7 +212,7 @@ def test_bad_names_and_options_fail_before_loading(tmp_path):
     with pytest.raises(ConfigError, match="Did you mean 'steps'"):
         api.plan(attacks="feature-pgd:step=3", victims=TINY)
     with pytest.raises(ConfigError, match="eps"):
-        api.plan(attacks="feature-pgd:eps=2", victims=TINY)
+        api.plan(attacks="feature-pgd:eps=300", victims=TINY)  # 300/255 > 1
 
 
 def test_missing_checkpoint_says_where_and_how(tmp_path, monkeypatch):
@@ -260,17 +271,21 @@ def test_temp_file_of_a_killed_writer_is_swept_when_the_run_ends(tmp_path):
     assert all(p.is_file() for p in kept)
 
 
-def test_resume_refuses_a_victim_whose_weights_changed(tmp_path):
-    """A retrained model keeps its config hash; resuming must not mix its old rows with
-    rows of the new weights."""
+def test_resume_refuses_a_victim_whose_weights_changed(tmp_path, monkeypatch):
+    """A retrained model (its default weights file rewritten) keeps its config hash;
+    resuming must not mix its old rows with rows of the new weights."""
     import shutil
 
-    from uadbench.zoo.models import shipped_weights
+    from uadbench.zoo import models
 
     w = tmp_path / "w.safetensors"
-    shutil.copy(shipped_weights("zoo-hf-sam"), w)
+    shutil.copy(models.shipped_weights("zoo-hf-sam"), w)
+    real = models.shipped_weights
+    monkeypatch.setattr(
+        models, "shipped_weights", lambda name: w if name == "zoo-hf-sam" else real(name)
+    )
     out = tmp_path / "r"
-    victims = f"{TINY},zoo-hf-sam:checkpoint={w}"
+    victims = f"{TINY},zoo-hf-sam"
     kw = dict(attacks="feature-pgd:steps=1", limit=1, out=out, progress=False)
     api.run(victims=victims, **kw)
     rows = len(load_rows(out))
@@ -311,7 +326,7 @@ def test_deleted_images_are_remade_only_for_evaluations_still_to_run(tmp_path):
     assert set(load_rows(out).victim) == {TINY, f"{TINY}[seed=1]"}
 
 
-def test_victims_all_puts_the_surrogate_first_and_untrained_models_last():
+def test_victims_all_puts_the_surrogate_first_and_untrained_models_last(tmp_path):
     """``--victims all`` is ordered for reading: the white-box column (the surrogate)
     first, then the trained models, then the models labelled as not trained; an explicit
     list keeps the order it was given in."""
@@ -327,8 +342,15 @@ def test_victims_all_puts_the_surrogate_first_and_untrained_models_last():
 
     registry_order = [v.name for v in expand_victims("all")[0]]
     assert registry_order != names  # (the reordering is what this test checks)
-    other = api.plan(attacks="uad", victims="all", surrogate="zoo-vit-sam:prompt_batch=8")
+    from uadbench.zoo.models import shipped_weights
+
+    w = tmp_path / "other.safetensors"  # other weights (any bytes: plan() loads nothing)
+    w.write_bytes(shipped_weights("zoo-vit-sam").read_bytes()[:-1] + b"x")
+    other = api.plan(attacks="uad", victims="all", surrogate=f"zoo-vit-sam:checkpoint={w}")
     assert [v.name for v in other.victims] == [n for n in registry_order if n != TINY] + [TINY]
+    # a run field (prompt_batch) is not another model: that surrogate is the default one
+    same = api.plan(attacks="uad", victims="all", surrogate="zoo-vit-sam:prompt_batch=8")
+    assert [v.name for v in same.victims] == names
     given = api.plan(attacks="uad", victims=f"{TINY},zoo-hf-sam,zoo-vit-sam")
     assert [v.name for v in given.victims] == [TINY, "zoo-hf-sam", "zoo-vit-sam"]
 

@@ -65,9 +65,11 @@ def test_retry_failed_reruns_only_the_failed_jobs(tmp_path, capsys):
     fails = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert sorted(f["phase"] for f in fails) == ["attack", "eval", "eval"]
     assert {f["key"]["sample"] for f in fails} == {"b.jpg"}
-    assert set(load_rows(out).sample_id) == {"a.png"}
+    first = load_rows(out)
+    assert set(first.sample_id) == {"a.png"}
     finished = _files(out)
-    assert len(finished) == 1 + 2  # a.png: its adversarial image and two row shards
+    # a.png: its adversarial image and two row files (clean and attack, compacted)
+    assert len(finished) == 1 + 2
 
     broken.write_bytes(good_bytes)  # fixed
     # now over the whole dataset: c.png is pending but never failed, so it is not run
@@ -79,9 +81,12 @@ def test_retry_failed_reruns_only_the_failed_jobs(tmp_path, capsys):
     assert len(rows) == 2 * 2 * 80 and not rows.duplicated(KEY).any()
     assert not list(out.glob("adv/**/c.png"))
     after = _files(out)
-    assert len(after) == 2 * 3
+    assert len(after) == 2 + 2  # two adversarial images, the two compacted row files
     for path, mtime in finished.items():
-        assert after[path] == mtime, f"finished job redone: {path}"
+        if path.endswith(".png"):
+            assert after[path] == mtime, f"finished job redone: {path}"
+    kept = first.merge(rows, how="left", indicator=True)  # a.png's rows as they were
+    assert (kept["_merge"] == "both").all(), "finished job redone"
 
 
 @pytest.fixture
@@ -160,3 +165,32 @@ def test_out_of_memory_on_one_image_is_a_recorded_failure(
     rows = load_rows(res.run_dir)
     assert len(rows) == (3 + 2) * 80 and not rows.duplicated(KEY).any()
     assert res.summary.attack_done == 2 and len(res.summary.failures) == 2
+
+
+# ----------------------------------------------------------------------------- compaction
+def test_finished_run_compacts_its_shards_and_resumes_without_loss_or_duplicates(tmp_path):
+    from uadbench.store.rundir import compact_rows, shard_path, write_shard
+
+    out = tmp_path / "run"
+    kw = dict(attacks="feature-pgd:steps=1", victims=TINY, out=out, progress=False)
+    api.run(limit=1, **kw)
+    assert not list(out.glob("rows/*/*/*.parquet"))  # no loose shard left
+    files = sorted(p.relative_to(out / "rows").as_posix() for p in out.glob("rows/**/*.parquet"))
+    assert len(files) == 2 and all(f.count("/") == 1 for f in files)  # clean + the attack
+    first = load_rows(out)
+    again = api.run(limit=1, **kw)  # compacted rows count as done
+    assert again.summary.eval_done == 0 and again.summary.attack_done == 0
+    more = api.run(limit=2, **kw)  # a resumed run with one more image
+    assert more.summary.eval_done == 2  # only the new image's (clean, attack) jobs
+    rows = load_rows(out)
+    assert len(rows) == 2 * 2 * 80 and not rows.duplicated(KEY).any()
+    kept = first.merge(rows, how="left", indicator=True)
+    assert (kept["_merge"] == "both").all()  # the first image's rows as they were
+    assert not list(out.glob("rows/*/*/*.parquet"))
+    # a compaction killed after writing its file, before deleting its inputs: a loose shard
+    # whose sample is already compacted must count once, and the next compaction drops it
+    one = rows[(rows.sample_id == first.sample_id.iloc[0]) & (rows.attack == "clean")]
+    write_shard(shard_path(out, TINY, "clean", one.sample_id.iloc[0]), one.to_dict("records"))
+    assert len(load_rows(out)) == len(rows)
+    assert compact_rows(out) == 0 and len(load_rows(out)) == len(rows)
+    assert not list(out.glob("rows/*/*/*.parquet"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ import torch
 from .config import check_device
 from .engine.local import Summary
 from .engine.plan import (
+    Plugin,
     RunSpec,
+    check_dataset,
+    check_loads,
     check_protocol,
     check_weights,
     default_surrogate,
@@ -28,10 +32,10 @@ from .engine.plan import (
     resolve,
     surrogate_first,
 )
-from .errors import ConfigError, UadbenchError
+from .errors import ConfigError, RunDirError, UadbenchError
 from .store.lock import RunLock
 from .store.manifest import close_manifest, open_manifest
-from .store.rundir import load_manifest, load_rows, remove_orphan_temp_files
+from .store.rundir import compact_rows, load_manifest, load_rows, remove_orphan_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -112,66 +116,138 @@ def run(
 ) -> RunResult:
     """Attack, evaluate and store; rerunning into the same ``out`` resumes.
 
+    Everything checkable — names, options, device, dtype, executor, the dataset (opens,
+    has the samples), every victim's weights (found, load into the architecture) and
+    that ``out`` is writable — is checked before the manifest is written or any job
+    runs: a command that fails there leaves nothing behind.
+
     Returns the run directory and a summary; ``result.ok`` is False when any job failed
     (failures are in ``failures.jsonl``).
     """
     spec = plan(attacks, victims, dataset, surrogate, seed, limit, eps, strict, protocol)
     spec.sample_ids = sample_ids
+    return execute(
+        spec,
+        out,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        progress=progress,
+        results_root=results_root,
+        executor=executor,
+        retry_failed=retry_failed,
+        executor_options=executor_options,
+    )
+
+
+def execute(
+    spec: RunSpec,
+    out: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 1,
+    progress: bool = True,
+    results_root: str | Path = "results",
+    executor: str = "local",
+    retry_failed: bool = False,
+    executor_options: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run a planned :class:`RunSpec` (see :func:`run`, which plans it from names)."""
+    seed = spec.seed
     check_device(device)
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if int(batch_size) < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    ex_cls = make_executor(executor)
+    check_loads([spec.surrogate, *spec.victims])
+    check_dataset(spec)
     run_dir = Path(out) if out else spec.default_out(results_root)
-    with RunLock(run_dir):
-        man = open_manifest(
-            run_dir,
-            spec.identity(),
-            spec.dataset.record(),
-            spec.surrogate.record(),
-            [a.record() for a in spec.attacks],
-            [v.record() for v in spec.victims],
-            seed,
-            device,
-        )
-        ex = make_executor(executor)(
-            spec,
-            run_dir,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            dtype=DTYPES[dtype],
-            only_failed=retry_failed,
-            **(executor_options or {}),
-        )
+    created = _make_run_dir(run_dir)
+    try:
+        lock = RunLock(run_dir)
+        lock.acquire()
+    except BaseException:
+        _remove_if_empty(run_dir, created)
+        raise
+    try:
+        try:
+            ex = ex_cls(
+                spec,
+                run_dir,
+                device=device,
+                batch_size=batch_size,
+                progress=progress,
+                dtype=DTYPES[dtype],
+                only_failed=retry_failed,
+                **(executor_options or {}),
+            )
+            man = open_manifest(
+                run_dir,
+                spec.identity(),
+                spec.dataset.record(),
+                spec.surrogate.record(),
+                [a.record() for a in spec.attacks],
+                [v.record() for v in spec.victims],
+                seed,
+                device,
+            )
+        except BaseException as exc:
+            lock.release()
+            _remove_if_empty(run_dir, created)
+            if isinstance(exc, OSError):
+                why = exc.strerror or type(exc).__name__
+                raise RunDirError(f"cannot write the manifest in {run_dir} ({why})") from None
+            raise
         try:
             summary = ex.run()
         finally:
             # a worker killed mid-write (SIGKILL, OOM) leaves its temp file; no job runs now
             remove_orphan_temp_files(run_dir)
             close_manifest(run_dir, man, ex.summary.record(), ex.summary.sample_ids)
+        compact_rows(run_dir)  # one file per victim x attack; resumes read it
+    finally:
+        lock.release()
     return RunResult(run_dir, spec, summary)
 
 
-EXECUTORS = {
-    "local": "uadbench.engine.local:LocalExecutor",
-    "ray": "uadbench.engine.ray_executor:RayExecutor",
-}
+def _make_run_dir(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` (and missing parents); the directories created, deepest last.
+    A directory that cannot be written is a one-line error, not a traceback."""
+    created = []
+    p = run_dir.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        _remove_if_empty(run_dir, created[::-1])
+        why = exc.strerror or type(exc).__name__
+        raise RunDirError(
+            f"--out {run_dir}: cannot write there ({why}); pick a writable --out"
+        ) from None
+    return created[::-1]
+
+
+def _remove_if_empty(run_dir: Path, created: list[Path]) -> None:
+    """Remove the directories this command created (deepest first) if still empty."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def make_executor(name: str):
-    """The executor class for ``--executor NAME``."""
-    import importlib
+    """The executor class for ``--executor NAME`` (from :data:`uadbench.engine.EXECUTORS`)."""
+    from .engine import EXECUTORS
 
-    if name not in EXECUTORS:
-        from .errors import UnknownNameError
-
-        raise UnknownNameError("executor", name, sorted(EXECUTORS))
-    module, _, attr = EXECUTORS[name].partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ImportError as exc:
-        raise UadbenchError(
-            f"--executor {name} needs an optional package ({exc}); pip install 'uadbench[{name}]'"
-        ) from None
+    return EXECUTORS.get(name)
 
 
 def evaluate(
@@ -181,40 +257,32 @@ def evaluate(
     progress: bool = True,
     strict: bool = False,
 ) -> RunResult:
-    """Add victims to an existing run without re-attacking (cached adversarial images)."""
+    """Add victims to an existing run without re-attacking (cached adversarial images).
+    The run's dataset, attacks and surrogate come from its manifest records
+    (:meth:`Plugin.from_record`), configured as the run ran them."""
     man = load_manifest(run_dir)
     if man.get("kind") != "run":
         raise UadbenchError(
             f"{run_dir} is an imported run; victims can only be added to runs made here"
         )
-    ds = man["dataset"]
-    ds_spec = ds["name"] + (
-        ":" + ",".join(f"{k}={_fmt(v)}" for k, v in ds["config"].items()) if ds["config"] else ""
-    )
-    attacks = ",".join(_spec_of(a) for a in man["attacks"])
-    return run(
-        attacks=attacks,
-        victims=victims,
-        dataset=ds_spec,
-        surrogate=_spec_of(man["surrogate"]),
+    # victims added later run under the run's protocol (e.g. FastSAM's channel order)
+    protocol = (man.get("identity") or {}).get("protocol", "uadbench")
+    vic, skipped = expand_victims(victims, strict=strict, protocol=protocol)
+    check_weights(vic)
+    sur = Plugin.from_record("victim", man["surrogate"])
+    if is_all(victims):
+        vic = surrogate_first(vic, sur)
+    spec = RunSpec(
+        Plugin.from_record("dataset", man["dataset"]),
+        [Plugin.from_record("attack", a) for a in man["attacks"]],
+        vic,
+        sur,
         seed=man["seed"],
-        out=run_dir,
-        device=device,
-        progress=progress,
-        strict=strict,
         sample_ids=man.get("samples") or None,
+        skipped_victims=skipped,
+        protocol=protocol,
     )
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, list):
-        return "[" + ",".join(_fmt(x) for x in v) + "]"
-    return "none" if v is None else str(v)
-
-
-def _spec_of(rec: dict[str, Any]) -> str:
-    cfg = {k: v for k, v in rec["config"].items() if k != "checkpoint" or v}
-    return rec["name"] + (":" + ",".join(f"{k}={_fmt(v)}" for k, v in cfg.items()) if cfg else "")
+    return execute(spec, run_dir, device=device, progress=progress)
 
 
 def rows(run_dir: str | Path):

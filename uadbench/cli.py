@@ -134,7 +134,10 @@ def _run_seeds(args: argparse.Namespace) -> int:
 
 def _run_one(args: argparse.Namespace, seed: int, out: str | None, dirs: list | None = None) -> int:
     from . import api
+    from .report.leaderboard import FORMATS
 
+    if args.format not in FORMATS:  # checked before any job, not after the run
+        raise UadbenchError(f"--format {args.format!r}: choose one of {', '.join(FORMATS)}")
     res = api.run(
         attacks=args.attack,
         victims=args.victims,

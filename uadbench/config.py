@@ -9,6 +9,15 @@ defaults are the paper's. A user writes a *spec* on the command line::
 
 and :func:`build_config` turns the overrides into a validated config instance, with a
 did-you-mean error for an unknown key. :func:`config_hash` names cached outputs.
+
+A config separates **identity** fields (what a result *is*: an attack's budget, a
+dataset's split) from **run** fields (how it is run: a checkpoint's path, a dataset's
+root directory, a prompt batch size). A run field is declared with :func:`run_field`;
+hashes, labels, file paths and prompt seeds derive from identity fields only, so the
+same weights or images at another path give the same result identity.
+
+A budget field (:func:`budget_field`) reads ``8`` as 8/255, like ``--eps 8``; ``8/255``
+and fractions below 1 (``0.03``) are read as they are.
 """
 
 from __future__ import annotations
@@ -91,6 +100,60 @@ def split_specs(text: str) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------------------- fields
+RUN = "uadbench_run"
+BUDGET = "uadbench_budget"
+
+
+def run_field(default: Any = None, **kw: Any) -> Any:
+    """A config field that says how to run, not what the result is (a path, a batch size):
+    left out of hashes, labels, file paths and prompt seeds."""
+    meta = {**kw.pop("metadata", {}), RUN: True}
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def budget_field(default: float, **kw: Any) -> Any:
+    """An L-infinity budget in [0, 1]; written ``8`` (1/255 units), ``8/255`` or ``0.03``."""
+    meta = {**kw.pop("metadata", {}), BUDGET: True}
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def run_fields(cfg_or_cls: Any) -> tuple[str, ...]:
+    """Names of the run fields of a config (instance or class)."""
+    if not dataclasses.is_dataclass(cfg_or_cls):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(cfg_or_cls) if f.metadata.get(RUN))
+
+
+def identity_config(cfg: Any) -> Any:
+    """``cfg`` with every run field at its default: what hashes and labels are made of
+    (defaults rather than absent, so a config whose run fields are at their defaults
+    keeps the hash it had before run fields existed)."""
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    reset = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get(RUN):
+            if f.default is not dataclasses.MISSING:
+                reset[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                reset[f.name] = f.default_factory()
+    return dataclasses.replace(cfg, **reset) if reset else cfg
+
+
+def parse_budget(raw: Any, key: str = "eps") -> float:
+    """A budget in [0, 1] from the text ``8`` (1/255 units: any value >= 1 without ``/``),
+    ``8/255`` or ``0.03`` — the one reading ``--eps`` and ``eps=`` options share. A
+    number (not text) is taken as the fraction it is."""
+    if isinstance(raw, bool):
+        raise ConfigError(f"option {key}={raw!r}: expected a budget such as 8 or 8/255")
+    if isinstance(raw, (int, float)):  # typed values (Python API, manifests) are fractions
+        return float(raw)
+    text = str(raw).strip()
+    v = _parse_scalar(text, float, key)
+    return v if ("/" in text or v < 1) else v / 255.0
+
+
 # ----------------------------------------------------------------------------- values
 def _parse_scalar(raw: str, typ: Any, key: str) -> Any:
     raw = raw.strip()
@@ -164,7 +227,10 @@ def build_config(
         if k not in fields:
             err = UnknownNameError(f"option of {owner or cls.__name__}", k, sorted(fields))
             raise ConfigError(str(err).split(" (see")[0] + ".")
-        kwargs[k] = parse_value(v, hints[k], k)
+        if fields[k].metadata.get(BUDGET) and v is not None:
+            kwargs[k] = parse_budget(v, k)
+        else:
+            kwargs[k] = parse_value(v, hints[k], k)
     try:
         cfg = cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -177,18 +243,29 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def config_hash(kind: str, name: str, cfg: Any) -> str:
-    """Stable 12-hex-digit hash of (kind, canonical name, settings)."""
-    payload = json.dumps({"kind": kind, "name": name, "config": config_dict(cfg)}, sort_keys=True)
+def config_hash(kind: str, name: str, cfg: Any, extra: dict[str, Any] | None = None) -> str:
+    """Stable 12-hex-digit hash of (kind, canonical name, identity settings); run fields
+    do not count. ``extra``: more identity (e.g. a checkpoint's content digest), left out
+    of the payload when empty so that hashes without it stay what they were."""
+    body: dict[str, Any] = {
+        "kind": kind,
+        "name": name,
+        "config": config_dict(identity_config(cfg)),
+    }
+    if extra:
+        body["identity"] = extra
+    payload = json.dumps(body, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def changed_fields(cfg: Any) -> dict[str, Any]:
-    """Fields whose value differs from the class default, in declaration order."""
+def changed_fields(cfg: Any, identity_only: bool = False) -> dict[str, Any]:
+    """Fields whose value differs from the class default, in declaration order (with
+    ``identity_only``, run fields left out)."""
     out = {}
     default = type(cfg)()
+    skip = set(run_fields(cfg)) if identity_only else set()
     for f in dataclasses.fields(cfg):
-        if getattr(cfg, f.name) != getattr(default, f.name):
+        if f.name not in skip and getattr(cfg, f.name) != getattr(default, f.name):
             out[f.name] = getattr(cfg, f.name)
     return out
 
@@ -204,12 +281,15 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
-def label(name: str, cfg: Any) -> str:
-    """Display name of a configured plugin: ``uad`` or ``uad[eps=4/255]``."""
-    changed = changed_fields(cfg)
-    if not changed:
+def label(name: str, cfg: Any, extra: dict[str, str] | None = None) -> str:
+    """Display name of a configured plugin: ``uad`` or ``uad[eps=4/255]``; identity
+    fields only (a checkpoint path or a dataset root never appears), then ``extra``
+    items (e.g. ``weights=<digest>`` for a checkpoint other than the default)."""
+    items = [f"{k}={format_value(v)}" for k, v in changed_fields(cfg, identity_only=True).items()]
+    items += [f"{k}={v}" for k, v in (extra or {}).items()]
+    if not items:
         return name
-    return name + "[" + ",".join(f"{k}={format_value(v)}" for k, v in changed.items()) + "]"
+    return name + "[" + ",".join(items) + "]"
 
 
 def check_device(device: str, what: str = "") -> Any:

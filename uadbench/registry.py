@@ -10,11 +10,16 @@ families whose members cannot be listed in advance.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import hashlib
 import importlib
+import inspect
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .errors import UadbenchError, UnknownNameError
@@ -46,6 +51,46 @@ def _import_ref(ref: str) -> Any:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+@functools.lru_cache(maxsize=256)
+def _module_code_version(module_name: str) -> str:
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    top = module_name.split(".")[0]
+    dist_name, version, installed = "", "", False
+    for d in _packages_distributions().get(top, []):
+        try:
+            dist = metadata.distribution(d)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            continue
+        dist_name, version = dist.metadata["Name"] or d, dist.version
+        if file:
+            here = Path(file).resolve()
+            installed = any(Path(dist.locate_file(f)).resolve() == here for f in dist.files or ())
+        break
+    if installed:  # a wheel's module: its version says what code it is
+        return f"{dist_name}=={version}"
+    digest = ""
+    if file and Path(file).is_file():
+        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:12]
+    head = f"{dist_name}=={version}+" if dist_name else ""
+    return f"{head}src.{digest}" if digest else f"{head}unknown"
+
+
+def code_version(obj: Any) -> str:
+    """The version of a plugin's code: ``dist==1.2`` for a module installed from a wheel;
+    for an editable install or a source tree (where the version does not change when the
+    code does) ``dist==1.2+src.<digest of the plugin's module source>``."""
+    module = inspect.getmodule(obj)
+    if module is None:  # pragma: no cover
+        return "unknown"
+    return _module_code_version(module.__name__)
 
 
 class Registry(Generic[T]):
@@ -136,7 +181,10 @@ class Registry(Generic[T]):
                 )
                 continue
             dist = getattr(getattr(ep, "dist", None), "name", None) or "entry point"
-            self.register(ep.name, ep.value, source=dist)
+            try:
+                self.register(ep.name, ep.value, source=dist)
+            except UadbenchError as exc:  # a bad name: that plugin is left out, not the rest
+                log.warning("%s plugin %r from %s left out: %s", self.kind, ep.name, dist, exc)
 
     # ------------------------------------------------------------------ lookup
     def canonical(self, name: str) -> str:
@@ -168,11 +216,20 @@ class Registry(Generic[T]):
             ref = e.target
             try:
                 obj = _import_ref(ref)
+            except UadbenchError:
+                raise
             except ImportError as exc:
                 raise UadbenchError(
                     f"{self.kind} {e.name!r} needs a package that is not installed ({exc}); "
                     f"{e.info.get('install', 'install its optional extra')}"
                 ) from exc
+            except Exception as exc:  # a broken plugin: reported, the others still work
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                where = "" if e.source == "builtin" else f" (from {e.source})"
+                raise UadbenchError(
+                    f"{self.kind} {e.name!r}{where} is broken: importing {ref} raised "
+                    f"{type(exc).__name__}: {first}; fix or uninstall it"
+                ) from None
             self._check(e, obj)
             e.target = obj
         return e.target

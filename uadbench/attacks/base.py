@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import budget_field
 from ..eval.prompts import PromptSet
 
 #: where the perturbation is optimised: at the image's own resolution, or in the
@@ -55,9 +56,9 @@ class AttackConfig:
     is attacked in the surrogate's frame, enlarged ones too, as the reference does).
     """
 
-    eps: float = 8 / 255
+    eps: float = budget_field(8 / 255)  # eps=8, eps=8/255 and --eps 8 agree
     """L∞ budget in the [0, 1] pixel range (8/255: 8 of 255 grey levels)."""
-    alpha: float = 2 / 255
+    alpha: float = budget_field(2 / 255)
     """PGD step size in the [0, 1] pixel range."""
     steps: int = 40
     """Signed-gradient PGD steps."""

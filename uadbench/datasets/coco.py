@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import run_field
 from ..errors import ConfigError, DataError
 from .base import Dataset, Sample
 from .io import check_rle, quiet_pycocotools, read_image, read_json, xywh_to_xyxy
@@ -56,8 +57,8 @@ class COCO(Dataset):
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        annotations: str = ""
-        images: str = ""
+        annotations: str = run_field("")
+        images: str = run_field("")
         max_masks: int = 0
         iscrowd: bool = False
 

@@ -17,6 +17,7 @@ import fnmatch
 import os
 from pathlib import Path
 
+from ..config import run_field
 from ..errors import ConfigError, DataError
 from .base import Dataset, Sample
 from .io import IMAGE_EXTENSIONS, read_image, resize_max_side
@@ -40,7 +41,7 @@ class Folder(Dataset):
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        root: str = ""
+        root: str = run_field("")
         pattern: tuple[str, ...] = ()
         recursive: bool = False
         max_side: int = 0

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import run_field
 from ..errors import ConfigError, DataError
 from .base import Dataset, Sample
 from .io import decode_rle, read_image, read_json, sa_sort_key, xywh_to_xyxy
@@ -97,7 +98,7 @@ class SA1B(Dataset):
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        root: str = ""
+        root: str = run_field("")
         max_masks: int = 0
         strict: bool = False
 

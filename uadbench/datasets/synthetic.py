@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ..config import run_field
 from ..errors import ConfigError, DataError
 from .base import Dataset, Sample
 from .io import encode_mask
@@ -638,7 +639,7 @@ class Synthetic(Dataset):
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        root: str = ""
+        root: str = run_field("")
         n: int = 20
         seed: int = 0
         size: int = 256

@@ -38,7 +38,16 @@ from ..eval.perturbation import (
     write_perturbation_row,
 )
 from ..eval.prompts import PromptSet, sample_prompts
-from ..store.rundir import FAILURES, adv_path, atomic_write_bytes, shard_path, write_shard
+from ..store.rundir import (
+    FAILURES,
+    _safe,
+    adv_path,
+    atomic_write_bytes,
+    code_key,
+    compacted_samples,
+    shard_path,
+    write_shard,
+)
 from .plan import CLEAN, Plugin, RunSpec
 
 log = logging.getLogger(__name__)
@@ -98,6 +107,7 @@ class RunData:
         self.spec, self.run_dir = spec, Path(run_dir)
         self.dataset = spec.dataset.cls(spec.dataset.config)
         self._samples: dict[str, Any] = {}
+        self._compacted: dict[tuple[str, str], frozenset[str]] = {}
         self._all_ids: list[str] | None = None
 
     def all_ids(self) -> list[str]:
@@ -145,12 +155,29 @@ class RunData:
         return self.dataset.load(pool[int(rng.integers(len(pool)))]).image
 
     def adv_file(self, attack: Plugin, sid: str) -> Path:
+        sur = self.spec.surrogate
         return adv_path(
-            self.run_dir, attack.name, attack.hash, self.spec.surrogate.label, sid, self.spec.seed
+            self.run_dir,
+            attack.name,
+            attack.hash,
+            sur.label,
+            sid,
+            self.spec.seed,
+            code_key(attack.code, sur.code),
         )
 
     def shard_file(self, victim: Plugin, attack: Plugin | None, sid: str) -> Path:
         return shard_path(self.run_dir, victim.label, attack.key if attack else CLEAN, sid)
+
+    def evaluated(self, victim: Plugin, attack: Plugin | None, sid: str) -> bool:
+        """Whether the rows of (victim, attack or clean, sample) are stored: a loose
+        shard, or the sample in the compacted file (:func:`compact_rows`)."""
+        if self.shard_file(victim, attack, sid).exists():
+            return True
+        key = (victim.label, attack.key if attack else CLEAN)
+        if key not in self._compacted:
+            self._compacted[key] = compacted_samples(self.run_dir, *key)
+        return _safe(sid) in self._compacted[key]
 
     def fail(self, phase: str, key: dict[str, Any], exc: BaseException) -> dict[str, Any]:
         """Record a failed job in ``failures.jsonl`` (appends are locked: several
@@ -207,10 +234,7 @@ def plan_jobs(data: RunData, only_failed: bool = False) -> Plan:
             sid
             for sid in ids
             if not data.adv_file(a, sid).exists()
-            and (
-                not spec.victims
-                or any(not data.shard_file(v, a, sid).exists() for v in spec.victims)
-            )
+            and (not spec.victims or any(not data.evaluated(v, a, sid) for v in spec.victims))
         ]
         if only_failed:
             todo = [sid for sid in todo if (a.label, sid) in failed_attacks]
@@ -221,7 +245,7 @@ def plan_jobs(data: RunData, only_failed: bool = False) -> Plan:
         by: dict[str, list[Plugin | None]] = defaultdict(list)
         for sid in ids:
             for a in [None, *spec.attacks]:
-                if data.shard_file(v, a, sid).exists():
+                if data.evaluated(v, a, sid):
                     continue
                 label = a.label if a else CLEAN
                 if (

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..attacks import ATTACKS
-from ..config import build_config, config_dict, config_hash, label, parse_spec, split_specs
+from ..config import (
+    build_config,
+    config_dict,
+    config_hash,
+    identity_config,
+    label,
+    parse_budget,
+    parse_spec,
+    split_specs,
+)
 from ..datasets import DATASETS
-from ..errors import ConfigError, UadbenchError
+from ..errors import ConfigError, DataError, UadbenchError
 from ..eval.prompts import PromptConfig
+from ..registry import code_version
 from ..victims import VICTIMS
 
 log = logging.getLogger(__name__)
@@ -43,7 +54,12 @@ def check_protocol(protocol: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Plugin:
-    """A resolved, configured plugin: registry id, settings, display label and hash."""
+    """A resolved, configured plugin: registry id, settings, display label and hash.
+
+    ``label`` and ``hash`` derive from the config's identity fields (and, for a victim
+    loading a checkpoint other than its default one, the checkpoint's content digest);
+    run fields (paths, batch sizes) are in ``config`` but in neither. ``code`` is the
+    plugin's code version (:func:`uadbench.registry.code_version`)."""
 
     kind: str
     name: str
@@ -51,6 +67,7 @@ class Plugin:
     config: Any
     label: str
     hash: str
+    code: str = ""
 
     @property
     def key(self) -> str:
@@ -63,6 +80,7 @@ class Plugin:
             "label": self.label,
             "hash": self.hash,
             "config": config_dict(self.config),
+            "code": self.code,
         }
         if self.kind == "attack":
             rec["eps"] = float(self.config.eps)
@@ -72,18 +90,39 @@ class Plugin:
             rec["weights_sha256"] = digest
         return rec
 
+    @classmethod
+    def from_record(cls, kind: str, rec: dict[str, Any] | str) -> Plugin:
+        """The plugin a manifest record (``{"name", "config", …}``, or a bare name)
+        describes, configured as the run ran it (run fields included): the one way
+        ``eval``, ``show`` and the reports turn a manifest back into plugins."""
+        if isinstance(rec, str):
+            rec = {"name": rec}
+        name = rec.get("name")
+        if not name:
+            raise UadbenchError(f"a manifest {kind} record names no plugin: {rec!r}")
+        plugin = _configure(kind, str(name), dict(rec.get("config") or {}))
+        if rec.get("hash") and rec["hash"] != plugin.hash:
+            log.warning(
+                "%s %s: the manifest's hash %s is %s now (its config or the hashing changed)",
+                kind,
+                rec.get("label", name),
+                rec["hash"],
+                plugin.hash,
+            )
+        return plugin
 
-def resolve(
-    kind: str, spec_text: str, extra: dict[str, Any] | None = None, protocol: str = "uadbench"
+
+REGISTRIES = {"attack": ATTACKS, "victim": VICTIMS, "dataset": DATASETS}
+
+
+def _configure(
+    kind: str, name: str, overrides: dict[str, Any], protocol: str = "uadbench"
 ) -> Plugin:
-    """Resolve one ``name[:k=v,…]`` spec of ``kind`` (attack, victim, dataset) under
-    ``protocol`` (see ``PROTOCOLS``)."""
-    registry = {"attack": ATTACKS, "victim": VICTIMS, "dataset": DATASETS}[kind]
-    spec = parse_spec(spec_text)
-    name = registry.canonical(spec.name)
+    """The plugin ``name`` of ``kind`` with ``overrides``; under ``protocol="reference"``
+    the reference implementation's settings fill every field the overrides leave open."""
+    registry = REGISTRIES[kind]
+    name = registry.canonical(name)
     cls = registry.get(name)
-    overrides = dict(spec.overrides)
-    overrides.update(extra or {})
     cfg_cls = getattr(cls, "Config", None)
     if cfg_cls is None or not dataclasses.is_dataclass(cfg_cls):
         raise UadbenchError(f"{kind} {name!r} has no Config dataclass")  # plugin bug
@@ -98,11 +137,43 @@ def resolve(
         if "model_id" in {f.name for f in dataclasses.fields(cfg_cls)}:
             overrides.setdefault("model_id", name.split(":", 1)[1])
     cfg = build_config(cfg_cls, overrides, owner=f"{kind} {name}")
-    hashed_cfg = cfg
-    if kind == "victim" and hasattr(cfg, "checkpoint"):
-        # where the weights live is not part of a victim's identity
-        hashed_cfg = dataclasses.replace(cfg, checkpoint=None)
-    return Plugin(kind, name, cls, cfg, label(name, cfg), config_hash(kind, name, hashed_cfg))
+    extra = _weights_identity(cls, cfg) if kind == "victim" else {}
+    return Plugin(
+        kind,
+        name,
+        cls,
+        cfg,
+        label(name, cfg, {"weights": extra["weights"][:8]} if extra else None),
+        config_hash(kind, name, cfg, extra),
+        code_version(cls),
+    )
+
+
+def _weights_identity(cls: Any, cfg: Any) -> dict[str, str]:
+    """``{"weights": digest}`` when ``cfg`` names a checkpoint whose content differs from
+    the victim's default weights (or the default is not here); ``{}`` otherwise — the
+    default weights, or the same bytes at another path, keep the plain identity."""
+    if not getattr(cfg, "checkpoint", None):
+        return {}
+    try:
+        digest = cls.weights_digest(cfg)
+        if digest is None:
+            return {}  # missing file: check_weights says so before anything runs
+        default = cls.weights_digest(identity_config(cfg))
+    except OSError as exc:
+        raise ConfigError(f"victim {cls.name or ''}: cannot read its checkpoint ({exc})") from None
+    return {} if digest == default else {"weights": digest}
+
+
+def resolve(
+    kind: str, spec_text: str, extra: dict[str, Any] | None = None, protocol: str = "uadbench"
+) -> Plugin:
+    """Resolve one ``name[:k=v,…]`` spec of ``kind`` (attack, victim, dataset) under
+    ``protocol`` (see ``PROTOCOLS``)."""
+    spec = parse_spec(spec_text)
+    overrides = dict(spec.overrides)
+    overrides.update(extra or {})
+    return _configure(kind, spec.name, overrides, protocol)
 
 
 def is_all(text: str) -> bool:
@@ -116,6 +187,8 @@ def expand_attacks(
     """``uad,aa:eps=4/255`` or ``all`` → configured attacks; ``eps_sweep`` (in [0, 1])
     makes one variant per budget of every attack."""
     specs = ATTACKS.names() if is_all(text) else split_specs(text)
+    if is_all(text):
+        specs = [s for s in specs if _loads_or_warn(ATTACKS, s)]
     out: list[Plugin] = []
     for s in specs:
         if eps_sweep:
@@ -124,6 +197,20 @@ def expand_attacks(
         else:
             out.append(resolve("attack", s, protocol=protocol))
     return _dedupe(out)
+
+
+def _loads_or_warn(registry: Any, name: str) -> bool:
+    """Whether ``name`` imports; a broken third-party plugin is reported and left out of
+    ``all`` (built-in ones are not: their errors say what to install)."""
+    if registry.entry(name).source == "builtin":
+        return True
+    try:
+        registry.get(name)
+    except UadbenchError as exc:
+        log.warning("left out of 'all': %s", exc)
+        print(f"uadbench: warning: left out of 'all': {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _dedupe(plugins: list[Plugin]) -> list[Plugin]:
@@ -201,30 +288,77 @@ def check_weights(plugins: list[Plugin]) -> None:
         p.cls.weights_status(p.config).require(p.name)
 
 
+def check_loads(plugins: list[Plugin]) -> None:
+    """Fail before the run starts if a victim's weights file does not load into its
+    architecture (random bytes, a truncated download, another model's checkpoint): each
+    model is built once on the CPU and dropped. A pass is remembered per (victim, code
+    version, weights digest), so a later command does not build it again."""
+    from ..victims.checkpoints import remember_checked, was_checked
+
+    seen = set()
+    for p in plugins:
+        digest = p.cls.weights_digest(p.config)
+        if digest is None or (p.name, digest) in seen:
+            continue  # built in code (or not one file): nothing to read
+        seen.add((p.name, digest))
+        key = f"loads|{p.name}|{p.code}|{digest}"
+        if was_checked(key):
+            continue
+        try:
+            p.cls(p.config, device="cpu").build()
+        except UadbenchError as exc:
+            raise ConfigError(f"victim {p.label}: {exc}") from None
+        except Exception as exc:  # a backend's own error for a file it cannot use
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(
+                f"victim {p.label}: its weights do not load ({type(exc).__name__}: {first}); "
+                "check the file (re-download it) or the victim's options"
+            ) from None
+        remember_checked(key)
+
+
+def check_dataset(spec: RunSpec) -> None:
+    """Fail before the run starts if its dataset cannot be opened (a missing or unreadable
+    root, annotations that do not parse) or has none of the asked samples. One bad image
+    among many is a failed job, recorded, not a refused run."""
+    from .jobs import RunData
+
+    try:
+        RunData(spec, Path(".")).ids()
+    except UadbenchError:
+        raise
+    except OSError as exc:
+        raise DataError(
+            f"dataset {spec.dataset.label}: cannot read it ({exc}); check its files"
+        ) from None
+
+
 def default_surrogate() -> str:
-    """The paper's surrogate (SAM ViT-B) when its weights are here, else the best
-    embedded model available."""
-    for name in ("sam-vit-b", "zoo-vit-sam", "seeded-sam-tiny"):
-        if name in VICTIMS:
+    """The surrogate when none is named: among the victims registered with a
+    ``default_surrogate`` rank (a registry property: 1 = most preferred), the best-ranked
+    whose weights are here."""
+    ranked = sorted(
+        (e.info["default_surrogate"], e.name)
+        for e in VICTIMS.entries()
+        if isinstance(e.info.get("default_surrogate"), int)
+    )
+    for _, name in ranked:
+        try:
             cls = VICTIMS.get(name)
             if cls.weights_status(cls.Config()).found:
                 return name
-    raise UadbenchError("no surrogate available: pass --surrogate NAME")  # pragma: no cover
+        except UadbenchError:
+            continue
+    tried = ", ".join(n for _, n in ranked) or "none registered"
+    raise UadbenchError(f"no default surrogate has its weights here ({tried}): pass --surrogate")
 
 
 def parse_eps_list(text: str | None) -> list[float] | None:
-    """``4,8,12,16`` (in 1/255 units) or ``4/255,0.03`` → budgets in [0, 1]."""
+    """``4,8,12,16`` (in 1/255 units) or ``4/255,0.03`` → budgets in [0, 1], read as
+    ``eps=`` options are (:func:`uadbench.config.parse_budget`)."""
     if not text:
         return None
-    from ..config import parse_value
-
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        v = parse_value(part, float, "eps")
-        out.append(v if ("/" in part or v < 1) else v / 255.0)
+    out = [parse_budget(part.strip(), "--eps") for part in text.split(",") if part.strip()]
     if not out:
         raise ConfigError("--eps needs budgets such as 4,8,12,16 (in 1/255 units)")
     return out

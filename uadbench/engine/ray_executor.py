@@ -158,7 +158,7 @@ class _ModelActor:
             _victim_key(victim),
             lambda: EvalWorker(self.spec, self.run_dir, victim, self.device, self.dtype),
         )
-        todo = [a for a in attacks if not w.data.shard_file(victim, a, sid).exists()]
+        todo = [a for a in attacks if not w.data.evaluated(victim, a, sid)]
         res = w.run(sid, todo) if todo else JobResult()
         res.done += len(attacks) - len(todo)
         return res

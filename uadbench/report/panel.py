@@ -80,10 +80,30 @@ def adv_image_path(
     surrogate: str,
     sample_id: str,
     seed: int = 0,
+    code: str = "",
 ) -> Path:
     """Path of a cached adversarial PNG (:func:`uadbench.store.rundir.adv_path`); the
-    arguments are the row's ``attack_name``, ``attack_hash``, ``surrogate`` and ``seed``."""
-    return Path(_rundir.adv_path(run_dir, attack_name, attack_hash, surrogate, sample_id, seed))
+    arguments are the row's ``attack_name``, ``attack_hash``, ``surrogate`` and ``seed``,
+    and the code key of the manifest's records (:func:`_code_key`)."""
+    return Path(
+        _rundir.adv_path(run_dir, attack_name, attack_hash, surrogate, sample_id, seed, code)
+    )
+
+
+def _code_key(manifest: dict[str, Any], attack_hash: str) -> str:
+    """The code key (attack and surrogate code versions) of an attack's cached images."""
+    rec = next(
+        (
+            a
+            for a in manifest.get("attacks", [])
+            if isinstance(a, dict) and a.get("hash") == attack_hash
+        ),
+        {},
+    )
+    sur = manifest.get("surrogate")
+    return _rundir.code_key(
+        rec.get("code", ""), sur.get("code", "") if isinstance(sur, dict) else ""
+    )
 
 
 def load_png(path: str | Path) -> np.ndarray:
@@ -96,31 +116,20 @@ def load_png(path: str | Path) -> np.ndarray:
 
 
 def load_clean_image(manifest: dict[str, Any], sample_id: str) -> np.ndarray:
-    """The clean image of ``sample_id`` from the run's dataset (manifest ``dataset``:
-    a name or ``{"name", "config"}``), RGB uint8 (H, W, 3)."""
+    """The clean image of ``sample_id`` from the run's dataset (its manifest record,
+    resolved by :meth:`Plugin.from_record`), RGB uint8 (H, W, 3)."""
     return np.asarray(load_clean_sample(manifest, sample_id).image, dtype=np.uint8)
 
 
 def load_clean_sample(manifest: dict[str, Any], sample_id: str):
     """The :class:`~uadbench.datasets.base.Sample` (image, ground-truth masks if any)."""
-    import dataclasses as dc
-
-    from ..config import build_config
-    from ..datasets import DATASETS
+    from ..engine.plan import Plugin
 
     ds = manifest.get("dataset")
-    name = ds.get("name") if isinstance(ds, dict) else ds
-    if not name:
+    if not ds:
         raise UadbenchError("the run's manifest names no dataset; cannot load the clean image")
-    cls = DATASETS.get(str(name))
-    cfg_cls = getattr(cls, "Config", None)
-    overrides = (ds.get("config") or {}) if isinstance(ds, dict) else {}
-    cfg = (
-        build_config(cfg_cls, overrides, owner=str(name))
-        if cfg_cls and dc.is_dataclass(cfg_cls)
-        else None
-    )
-    return cls(cfg).load(sample_id)
+    p = Plugin.from_record("dataset", ds)
+    return p.cls(p.config).load(sample_id)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -156,30 +165,31 @@ def predict_masks(
     prompts: PromptSet,
     device: str = "cpu",
 ) -> dict[str, tuple[np.ndarray | None, np.ndarray | None, str]]:
-    """Re-run each victim on the clean and adversarial image for ``prompts``.
+    """Re-run each victim (by label: two settings of one model are two victims) on the
+    clean and adversarial image for ``prompts``, configured from its manifest record.
 
-    Returns victim -> (clean masks (P, H, W) bool, adversarial masks, note); a victim
+    Returns label -> (clean masks (P, H, W) bool, adversarial masks, note); a victim
     that cannot be built (unknown, missing weights, bad config) gets ``(None, None,
     reason)``. The only function here that builds models.
     """
-    from ..config import build_config
-    from ..victims import VICTIMS
+    from ..engine.plan import Plugin
 
-    entries = {
-        (v["name"] if isinstance(v, dict) else str(v)): v for v in manifest.get("victims", [])
-    }
+    records = {}
+    for v in manifest.get("victims", []):
+        rec = v if isinstance(v, dict) else {"name": str(v)}
+        records.setdefault(rec.get("label", rec.get("name")), rec)
     out: dict[str, tuple[np.ndarray | None, np.ndarray | None, str]] = {}
-    for name in victims:
-        entry = entries.get(name, {})
+    for label in victims:
         try:
-            cls = VICTIMS.get(name)
-            overrides = entry.get("config") if isinstance(entry, dict) else None
-            cfg = build_config(cls.Config, overrides or {}, owner=name)
-            model = cls(cfg, device=device)
-            out[name] = (model.predict(clean, prompts), model.predict(adv, prompts), "")
+            rec = records.get(label)
+            if rec is None:
+                raise UadbenchError(f"the run's manifest has no victim labelled {label!r}")
+            p = Plugin.from_record("victim", rec)
+            model = p.cls(p.config, device=device)
+            out[label] = (model.predict(clean, prompts), model.predict(adv, prompts), "")
         except UadbenchError as exc:
-            log.warning("show: victim %s not run: %s", name, exc)
-            out[name] = (None, None, str(exc))
+            log.warning("show: victim %s not run: %s", label, exc)
+            out[label] = (None, None, str(exc))
     return out
 
 
@@ -434,6 +444,9 @@ def show(
     attack). ``out``: default ``<run>/panels/<sample>_<attack>.png``. Victims default
     to all victims with rows for this sample (manifest order).
     """
+    from ..config import check_device
+
+    check_device(device, "show")
     run_dir = Path(run_dir)
     manifest = _rundir.load_manifest(run_dir)
     if manifest.get("kind") == "imported":
@@ -453,9 +466,9 @@ def show(
         raise UadbenchError(
             f"sample {sample_id!r} has only clean rows in {run_dir}; nothing to show"
         )
-    if attack is None:
+    if attack is None:  # the run's first attack (manifest order) with rows here
         order = [a["label"] if isinstance(a, dict) else str(a) for a in manifest.get("attacks", [])]
-        attack = "uad" if "uad" in attacks else next((a for a in order if a in attacks), attacks[0])
+        attack = next((a for a in order if a in attacks), attacks[0])
     if attack not in attacks:
         raise UadbenchError(
             f"attack {attack!r} has no rows for sample {sample_id!r}; it has: {', '.join(attacks)}"
@@ -469,13 +482,17 @@ def show(
         str(first["surrogate"]),
         str(sample_id),
         int(first["seed"]),
+        _code_key(manifest, str(first["attack_hash"])),
     )
     if not path.exists():
         raise UadbenchError(f"no adversarial image at {path}; was the run's adv/ folder deleted?")
     adv = load_png(path)
     sample = load_clean_sample(manifest, str(sample_id))
     clean = np.asarray(sample.image, dtype=np.uint8)
-    vorder = [v["name"] if isinstance(v, dict) else str(v) for v in manifest.get("victims", [])]
+    vorder = [
+        v.get("label", v.get("name")) if isinstance(v, dict) else str(v)
+        for v in manifest.get("victims", [])
+    ]
     present = list(dict.fromkeys(arows["victim"]))
     names = (
         list(victims)

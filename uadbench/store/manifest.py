@@ -75,6 +75,21 @@ def _check_weights(run_dir: Path, old: list[dict], new: list[dict], role: str) -
             )
 
 
+def _check_code(run_dir: Path, old: list[dict], new: list[dict], role: str) -> None:
+    """Refuse to resume when a plugin's code changed since the run directory was written
+    (an edited attack, an upgraded plugin): its config hash is the same, so its finished
+    rows and cached images would be mixed with those of the new code."""
+    had = {r.get("hash"): r.get("code") for r in old}
+    for rec in new:
+        then, now_ = had.get(rec.get("hash")), rec.get("code")
+        if then and now_ and then != now_:
+            raise RunDirError(
+                f"{role} {rec.get('label', rec.get('name'))}: its code changed since {run_dir} "
+                f"was written ({then} then, {now_} now), so its finished results are from "
+                "other code; pick another --out, or run the code the run used"
+            )
+
+
 def open_manifest(
     run_dir: Path,
     identity: dict[str, Any],
@@ -110,6 +125,9 @@ def open_manifest(
             )
         _check_weights(run_dir, [man.get("surrogate", {})], [surrogate], "surrogate")
         _check_weights(run_dir, man.get("victims", []), victims, "victim")
+        _check_code(run_dir, [man.get("surrogate", {})], [surrogate], "surrogate")
+        _check_code(run_dir, man.get("attacks", []), attacks, "attack")
+        _check_code(run_dir, man.get("victims", []), victims, "victim")
         man["attacks"] = _merge(man.get("attacks", []), attacks)
         man["victims"] = _merge(man.get("victims", []), victims)
         man.setdefault("invocations", []).append(inv)

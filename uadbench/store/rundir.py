@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RunDirError
@@ -68,20 +69,125 @@ def write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
+def _empty_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series(dtype=ROW_SCHEMA.field(c).type.to_pandas_dtype()) for c in COLUMNS}
+    )
+
+
+def _compacted_of(shard: Path) -> Path:
+    """The compacted file of a loose shard ``rows/<victim>/<attack>/<sample>.parquet``:
+    ``rows/<victim>/<attack>.parquet``."""
+    return shard.parent.with_name(shard.parent.name + ".parquet")
+
+
+def _read(path: Path) -> pa.Table:
+    return pq.read_table(path, schema=ROW_SCHEMA)
+
+
+def row_tables(run_dir: str | Path) -> list[pa.Table]:
+    """Every row file of a run directory, compacted (one per victim x attack) or loose (one
+    per job), as tables; a loose shard whose sample is already in its compacted file (a
+    compaction killed before it removed its inputs) is skipped, so no row counts twice."""
+    rows_dir = Path(run_dir) / ROWS
+    files = sorted(rows_dir.glob("**/*.parquet"))
+    fileset = set(files)
+    tables: list[pa.Table] = []
+    read: dict[Path, pa.Table] = {}  # compacted files read early to check a shard
+    compacted_ids: dict[Path, set[str]] = {}
+
+    def stems(t: pa.Table) -> set[str]:
+        return {_safe(str(i)) for i in pc.unique(t.column("sample_id")).to_pylist()}
+
+    for p in files:
+        comp = _compacted_of(p)
+        if p.parent != rows_dir and comp in fileset:
+            if comp not in compacted_ids:
+                read[comp] = _read(comp)
+                compacted_ids[comp] = stems(read[comp])
+            if p.stem in compacted_ids[comp]:
+                continue
+        t = read.pop(p, None) or _read(p)
+        if p.parent.parent == rows_dir and p.with_suffix("").is_dir():
+            compacted_ids[p] = stems(t)  # a compacted file with loose shards beside it
+        tables.append(t)
+    return tables
+
+
 def load_rows(run_dir: str | Path) -> pd.DataFrame:
-    """All result rows of a run directory as one DataFrame with :data:`COLUMNS`."""
+    """All result rows of a run directory as one DataFrame with :data:`COLUMNS` (compacted
+    and loose row files alike: :func:`row_tables`)."""
     run_dir = Path(run_dir)
     if not (run_dir / MANIFEST).exists():
         raise RunDirError(
             f"{run_dir} is not a uadbench run directory (no {MANIFEST}); pass the --out of a run"
         )
-    shards = sorted((run_dir / ROWS).glob("**/*.parquet"))
-    if not shards:
-        return pd.DataFrame(
-            {c: pd.Series(dtype=ROW_SCHEMA.field(c).type.to_pandas_dtype()) for c in COLUMNS}
-        )
-    tables = [pq.read_table(p, schema=ROW_SCHEMA) for p in shards]
-    return pa.concat_tables(tables).to_pandas()
+    tables = row_tables(run_dir)
+    if not tables:
+        return _empty_rows()
+    # one chunk per column before pandas: converting many chunks is ~10x slower
+    return pa.concat_tables(tables).combine_chunks().to_pandas()
+
+
+def compacted_path(run_dir: str | Path, victim: str, attack_key: str) -> Path:
+    """The compacted row file of (victim, attack config): ``rows/<victim>/<attack>.parquet``."""
+    return Path(run_dir) / ROWS / _safe(victim) / f"{_safe(attack_key)}.parquet"
+
+
+def compacted_samples(run_dir: str | Path, victim: str, attack_key: str) -> frozenset[str]:
+    """Sample ids (as file-name stems) whose rows are in the compacted file of (victim,
+    attack config); empty when there is none."""
+    path = compacted_path(run_dir, victim, attack_key)
+    if not path.exists():
+        return frozenset()
+    ids = pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()
+    return frozenset(_safe(str(i)) for i in ids)
+
+
+def compact_rows(run_dir: str | Path) -> int:
+    """Merge each (victim, attack config)'s loose row shards into its one compacted file
+    ``rows/<victim>/<attack>.parquet``, then delete them. Returns the shards merged.
+
+    Safe at any point: the compacted file is written atomically (with the rows it already
+    had) before any shard is deleted, and readers skip a shard whose sample the compacted
+    file holds, so a kill between the two steps neither loses nor duplicates a row. Only
+    run while holding the run's lock with no job running."""
+    rows_dir = Path(run_dir) / ROWS
+    if not rows_dir.is_dir():
+        return 0
+    merged = 0
+    for vdir in sorted(p for p in rows_dir.iterdir() if p.is_dir()):
+        for adir in sorted(p for p in vdir.iterdir() if p.is_dir()):
+            shards = sorted(adir.glob("*.parquet"))
+            if not shards:
+                continue
+            comp = adir.with_name(adir.name + ".parquet")
+            have: set[str] = set()
+            tables = []
+            if comp.exists():
+                old = _read(comp)
+                have = {_safe(str(i)) for i in old.column("sample_id").to_pylist()}
+                tables.append(old)
+            new = [p for p in shards if p.stem not in have]
+            tables += [_read(p) for p in new]
+            table = pa.concat_tables(tables)
+            order = pa.array([_safe(str(i)) for i in table.column("sample_id").to_pylist()])
+            table = (
+                table.append_column("_key", order)
+                .sort_by([("_key", "ascending"), ("prompt_index", "ascending")])
+                .drop(["_key"])
+            )
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            atomic_write_bytes(comp, sink.getvalue().to_pybytes())
+            for p in shards:
+                p.unlink()
+            merged += len(new)
+            try:
+                adir.rmdir()
+            except OSError:
+                pass  # something else in there (not ours): leave it
+    return merged
 
 
 def load_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -99,6 +205,16 @@ def _safe(part: str) -> str:
     return "".join(c if (c.isalnum() or c in "-_.+[]=@") else "_" for c in out) or "_"
 
 
+def code_key(*versions: str) -> str:
+    """A short key of plugin code versions (attack and surrogate): part of an adversarial
+    image's cache path, so an edited attack never gets its old images back as cached."""
+    import hashlib
+
+    if not any(versions):
+        return ""
+    return "c" + hashlib.sha256("|".join(versions).encode()).hexdigest()[:10]
+
+
 def adv_path(
     run_dir: str | Path,
     attack_name: str,
@@ -106,14 +222,16 @@ def adv_path(
     surrogate: str,
     sample_id: str,
     seed: int = 0,
+    code: str = "",
 ) -> Path:
-    """Where the adversarial PNG of (attack config, surrogate, seed, sample) is cached."""
+    """Where the adversarial PNG of (attack config, surrogate, seed, code versions
+    (:func:`code_key`), sample) is cached."""
     return (
         Path(run_dir)
         / ADV
         / f"{_safe(attack_name)}-{attack_hash}"
         / _safe(surrogate)
-        / f"seed{seed}"
+        / (f"seed{seed}-{_safe(code)}" if code else f"seed{seed}")
         / f"{_safe(sample_id)}.png"
     )
 

@@ -5,7 +5,10 @@ from ..registry import Registry
 VICTIMS: Registry = Registry("victim", "uadbench.victims.base:Victim", "uadbench.victims")
 
 VICTIMS.register(
-    "sam-vit-b", "uadbench.victims.segment_anything:SamViTB", summary="SAM ViT-B (official .pth)"
+    "sam-vit-b",
+    "uadbench.victims.segment_anything:SamViTB",
+    summary="SAM ViT-B (official .pth)",
+    default_surrogate=1,  # the paper's surrogate, when its weights are here
 )
 VICTIMS.register(
     "sam-vit-l", "uadbench.victims.segment_anything:SamViTL", summary="SAM ViT-L (official .pth)"
@@ -17,6 +20,7 @@ VICTIMS.register(
     "seeded-sam-tiny",
     "uadbench.victims.segment_anything:SeededSamTiny",
     summary="small SAM built in code, untrained seeded weights (embedded default)",
+    default_surrogate=3,
 )
 
 # HQ-SAM and MobileSAM need the `hq` extra (segment_anything_hq); FastSAM the `fastsam`
@@ -80,6 +84,7 @@ VICTIMS.register(
     "zoo-vit-sam",
     "uadbench.zoo.models:ZooViTSam",
     summary="tiny zoo: toy SAM (ViT + SAM decoder) trained on synthetic scenes; default surrogate",
+    default_surrogate=2,
 )
 VICTIMS.register(
     "zoo-hq-sam",

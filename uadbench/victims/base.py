@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..config import run_field
 from ..errors import DataError, MissingCheckpointError
 from ..eval.prompts import PromptSet
 
@@ -70,10 +71,11 @@ def resized_hw(h: int, w: int, long_side: int) -> tuple[int, int]:
 class VictimConfig:
     """Settings every victim has. ``checkpoint``: explicit weights path (overrides search).
     ``prompt_batch``: prompts per decoder call (in :meth:`Victim.predict` and in the
-    differentiable :meth:`Victim.mask_logits`)."""
+    differentiable :meth:`Victim.mask_logits`). Both are run fields: a checkpoint is
+    identified by its content (:meth:`Victim.weights_digest`), not by where it sits."""
 
-    checkpoint: str | None = None
-    prompt_batch: int = 128
+    checkpoint: str | None = run_field(None)
+    prompt_batch: int = run_field(128)
 
 
 class Victim(ABC):
@@ -109,10 +111,17 @@ class Victim(ABC):
 
     @classmethod
     def weights_digest(cls, config: Any) -> str | None:
-        """A content digest of the weights ``config`` loads, where that is cheap (the run
-        manifest records it, so a baseline can tell that a model was retrained); None
-        otherwise. Must not load the model. Default: None."""
-        return None
+        """A content digest of the weights ``config`` loads (first 16 hex digits of the
+        file's SHA-256, remembered by path, size and mtime): what identifies the weights,
+        wherever they sit. The run manifest records it, so a baseline can tell that a model
+        was retrained. None when the weights are built in code, not found, or not one file.
+        Must not load the model."""
+        status = cls.weights_status(config)
+        if not status.found or not Path(status.where).is_file():
+            return None
+        from .checkpoints import file_digest
+
+        return file_digest(status.where)[:16]
 
     @property
     def model(self) -> torch.nn.Module:
