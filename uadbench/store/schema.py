@@ -27,15 +27,20 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+#: the columns that name one adversarial image: the first of every row kind
+_IMAGE_KEY = [
+    ("dataset", pa.string()),
+    ("sample_id", pa.string()),
+    ("attack", pa.string()),
+    ("attack_name", pa.string()),
+    ("attack_hash", pa.string()),
+    ("eps", pa.float64()),
+    ("surrogate", pa.string()),
+]
+
 ROW_SCHEMA = pa.schema(
-    [
-        ("dataset", pa.string()),
-        ("sample_id", pa.string()),
-        ("attack", pa.string()),
-        ("attack_name", pa.string()),
-        ("attack_hash", pa.string()),
-        ("eps", pa.float64()),
-        ("surrogate", pa.string()),
+    _IMAGE_KEY
+    + [
         ("victim", pa.string()),
         ("prompt_index", pa.int64()),
         ("prompt_kind", pa.string()),
@@ -56,14 +61,8 @@ CLEAN = "clean"
 # Perturbation rows: one per adversarial image (attack job), beside the IoU rows under
 # <run>/perturbation/; the columns are defined in uadbench/eval/perturbation.py.
 PERTURBATION_SCHEMA = pa.schema(
-    [
-        ("dataset", pa.string()),
-        ("sample_id", pa.string()),
-        ("attack", pa.string()),
-        ("attack_name", pa.string()),
-        ("attack_hash", pa.string()),
-        ("eps", pa.float64()),
-        ("surrogate", pa.string()),
+    _IMAGE_KEY
+    + [
         ("seed", pa.int64()),
         ("height", pa.int64()),
         ("width", pa.int64()),
