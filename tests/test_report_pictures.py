@@ -394,6 +394,18 @@ def test_html_report_compares_whatever_attacks_ran(tmp_path):
         html_report(run, n_boot=50, reference="uad")
 
 
+def test_html_report_privileges_no_attack_by_name(tmp_path):
+    """`--attack aa,uad`: the reference is the command's first attack, not the one named
+    uad (generic code names no plugin)."""
+    from uadbench.report.html import pick_reference
+
+    assert pick_reference(["uad", "aa"], ["aa", "uad"], None) == "aa"
+    assert pick_reference(["uad", "aa"], [], None) == "uad"
+    run = _make_run(tmp_path, attacks=(("aa", 8 / 255), ("uad", 4 / 255)))
+    text = html_report(run, n_boot=50).read_text()
+    assert "Reference attack: <b>aa</b> (first attack)" in text
+
+
 def test_html_report_failures_say_k_of_n_images(tmp_path):
     import json
 

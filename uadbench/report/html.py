@@ -197,9 +197,10 @@ def failures_summary(run_dir: Path, rows: pd.DataFrame, manifest: dict[str, Any]
     return out
 
 
-def pick_reference(labels: list[str], names: dict[str, str], reference: str | None) -> str | None:
+def pick_reference(labels: list[str], order: list[str], reference: str | None) -> str | None:
     """The attack the others are compared with: ``reference`` if given, else the run's
-    ``uad`` (by label, then by registry name), else its first attack."""
+    first attack in the order its command named them (``order``: the manifest's attack
+    labels; ``--attack uad,aa`` compares uad with aa), else the first of ``labels``."""
     if reference:
         if reference not in labels:
             raise UadbenchError(
@@ -209,9 +210,7 @@ def pick_reference(labels: list[str], names: dict[str, str], reference: str | No
         return reference
     if not labels:
         return None
-    if "uad" in labels:
-        return "uad"
-    return next((a for a in labels if names.get(a) == "uad"), labels[0])
+    return next((a for a in order if a in labels), labels[0])
 
 
 def html_report(
@@ -242,8 +241,7 @@ def html_report(
         rows, attack_order=aorder, victim_order=vorder, metrics=metrics, alpha=alpha
     )
     labels = [a for a in dict.fromkeys(table["attack"]) if a != CLEAN]
-    names = dict(zip(rows["attack"], rows["attack_name"]))
-    ref = pick_reference(labels, names, reference)
+    ref = pick_reference(labels, list(aorder), reference)
     e = _html.escape
     n_img = int(rows["sample_id"].nunique())
     parts = [
@@ -284,7 +282,7 @@ def html_report(
         parts.append(f"<div class='scroll'>{render_frame(summ, 'html')}</div>")
     parts.append("<h2 id='comparisons'>Comparisons</h2>")
     if ref and len(labels) > 1:
-        why = "given" if reference else ("UAD" if names.get(ref) == "uad" else "first attack")
+        why = "given" if reference else "first attack"
         others = [o for o in labels if o != ref]
         # one family: every line this page shows is corrected together
         t = compare_pairs(
