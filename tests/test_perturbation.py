@@ -114,12 +114,15 @@ def test_attack_job_stores_one_perturbation_row_per_image_and_resumes(tmp_path, 
     # the stored row is the metric of the stored adversarial PNG against the clean image
     from uadbench.engine.jobs import load_png
     from uadbench.report.panel import load_clean_image
-    from uadbench.store.rundir import adv_path, load_manifest
+    from uadbench.store.rundir import adv_path, code_key, load_manifest
 
     r = df.iloc[0]
     man = load_manifest(out)
+    code = code_key(man["attacks"][0]["code"], man["surrogate"]["code"])
     adv = load_png(
-        adv_path(out, r["attack_name"], r["attack_hash"], r["surrogate"], r["sample_id"], r["seed"])
+        adv_path(
+            out, r["attack_name"], r["attack_hash"], r["surrogate"], r["sample_id"], r["seed"], code
+        )
     )
     clean = load_clean_image(man, r["sample_id"])
     want = P.norms(clean, adv)

@@ -198,22 +198,26 @@ def test_model_card_states_measured_miou(name):
 
 
 def test_run_manifest_records_the_zoo_weights_digest(tmp_path):
-    """A retrained zoo model keeps its config hash but not its weights digest, which is
-    what lets the committed baselines notice retrained weights."""
+    """The manifest records the weights digest, which is what lets the committed
+    baselines notice retrained shipped weights; the same bytes at another path are the
+    same victim, other bytes another one (identity by content, #38)."""
 
     from uadbench.engine.plan import resolve
 
     shipped = resolve("victim", "zoo-vit-sam").record()["weights_sha256"]
     copy = tmp_path / "w.safetensors"
     shutil.copy(shipped_weights("zoo-vit-sam"), copy)
+    default = resolve("victim", "zoo-vit-sam").record()
     same = resolve("victim", f"zoo-vit-sam:checkpoint={copy}").record()
     assert same["weights_sha256"] == shipped
+    assert (same["hash"], same["label"]) == (default["hash"], default["label"])
     data = bytearray(copy.read_bytes())
     data[-1] ^= 1
     copy.write_bytes(bytes(data))
     other = resolve("victim", f"zoo-vit-sam:checkpoint={copy}").record()
     assert other["weights_sha256"] != shipped
-    assert other["hash"] == same["hash"]
+    assert other["hash"] != same["hash"]
+    assert other["label"] == f"zoo-vit-sam[weights={other['weights_sha256'][:8]}]"
     assert "weights_sha256" not in resolve("victim", "seeded-sam-tiny").record()
 
 
