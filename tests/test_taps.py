@@ -103,7 +103,7 @@ def _blocks(v: Victim) -> list[torch.nn.Module]:
     return list(enc.blocks)
 
 
-def _plain_tiny_vit_trunk(enc: torch.nn.Module, z: torch.Tensor) -> None:
+def _plain_tiny_vit_trunk(enc: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """The zoo TinyViT trunk written out here (its forward is uadbench's own code)."""
     h = enc.patch_embed(z)
     for layer in enc.layers:
@@ -111,6 +111,7 @@ def _plain_tiny_vit_trunk(enc: torch.nn.Module, z: torch.Tensor) -> None:
             h = blk(h)
         if layer.downsample is not None:
             h = layer.downsample(h)
+    return h
 
 
 def _full_forward(v: Victim, z: torch.Tensor) -> None:
@@ -301,12 +302,7 @@ def test_zoo_tinyvit_embedding_equals_a_plain_forward():
     enc = v.model.image_encoder
     z, _ = v._to_model_input(_input(v))
     with torch.no_grad():
-        h = enc.patch_embed(z)
-        for layer in enc.layers:
-            for blk in layer.blocks:
-                h = blk(h)
-            if layer.downsample is not None:
-                h = layer.downsample(h)
+        h = _plain_tiny_vit_trunk(enc, z)
         b, n, c = h.shape
         side = int(round(n**0.5))
         expect = enc.neck(h.reshape(b, side, side, c).permute(0, 3, 1, 2))

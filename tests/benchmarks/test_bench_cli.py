@@ -12,11 +12,11 @@ and prints the figures. Run:
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench_helpers import median_time
 
 BENCH = os.environ.get("UADBENCH_BENCH") == "1"
 REPO = Path(__file__).resolve().parents[2]
@@ -24,12 +24,10 @@ RATIO_GOAL = 0.5  # a listing / importing torch
 
 
 def _wall(args: list[str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, *args], check=True, capture_output=True, cwd=REPO)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    cmd = [sys.executable, *args]
+    return median_time(
+        lambda: subprocess.run(cmd, check=True, capture_output=True, cwd=REPO), repeats
+    )
 
 
 def test_listing_commands_cost_less_than_half_a_torch_import(benchmark):

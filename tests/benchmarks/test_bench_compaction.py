@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_helpers import median_time
 
 from uadbench.store.rundir import (
     MANIFEST,
@@ -91,15 +91,6 @@ def _tabulate(run) -> np.ndarray:
     return rows.groupby(["attack", "victim"])["iou"].mean().to_numpy()
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def test_tabulate_compacted_vs_loose_shards(benchmark, tmp_path):
     rng = np.random.default_rng(0)
     loose = tmp_path / "loose"
@@ -129,10 +120,10 @@ def test_tabulate_compacted_vs_loose_shards(benchmark, tmp_path):
 
     repeats = 3 if FULL else 1
     benchmark.pedantic(_tabulate, args=(compacted,), rounds=repeats, iterations=1)
-    t_single = _median_time(lambda: _tabulate(single), repeats)
-    t_comp = _median_time(lambda: _tabulate(compacted), repeats)
-    t_resumed = _median_time(lambda: _tabulate(resumed), repeats)
-    t_loose = _median_time(lambda: _tabulate(loose), 1)
+    t_single = median_time(lambda: _tabulate(single), repeats)
+    t_comp = median_time(lambda: _tabulate(compacted), repeats)
+    t_resumed = median_time(lambda: _tabulate(resumed), repeats)
+    t_loose = median_time(lambda: _tabulate(loose), 1)
     ratios = {
         "compacted": t_comp / t_single,
         "compacted + loose": t_resumed / t_single,

@@ -13,11 +13,10 @@ Run: ``UADBENCH_BENCH=1 pytest tests/benchmarks/test_bench_predict.py -s --bench
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
+from bench_helpers import median_time
 
 from uadbench.eval.prompts import sample_prompts
 from uadbench.victims.segment_anything import SeededSamTiny
@@ -32,15 +31,6 @@ def _image(h: int = 120, w: int = 160) -> np.ndarray:
         y, x = rng.integers(0, h - 30), rng.integers(0, w - 30)
         img[y : y + 30, x : x + 30] = rng.integers(40, 255, size=3)
     return img
-
-
-def _median_time(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def test_batched_decode_80_prompts_vs_one_at_a_time(benchmark):
@@ -68,8 +58,8 @@ def test_batched_decode_80_prompts_vs_one_at_a_time(benchmark):
         masks = benchmark.pedantic(batched, rounds=repeats, iterations=1)
         assert masks.dtype == torch.bool and masks.shape == (80, *hw)
         assert torch.equal(masks, loop_masks), "batched decoding changed some masks"
-        t_batched = _median_time(batched, repeats)
-        t_loop = _median_time(one_at_a_time, repeats)
+        t_batched = median_time(batched, repeats)
+        t_loop = median_time(one_at_a_time, repeats)
     ratio = t_loop / t_batched
     benchmark.extra_info.update(batched_s=t_batched, one_at_a_time_s=t_loop, speedup=ratio)
     print(
