@@ -219,9 +219,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _registries() -> dict:
     from .attacks import ATTACKS
     from .datasets import DATASETS
+    from .transforms import TRANSFORMS
     from .victims import VICTIMS
 
-    return {"attack": ATTACKS, "victim": VICTIMS, "dataset": DATASETS}
+    return {"attack": ATTACKS, "victim": VICTIMS, "dataset": DATASETS, "transform": TRANSFORMS}
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -357,11 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "ls",
-        help="list attacks, victims or datasets",
+        help="list attacks, victims, datasets or transforms",
         epilog=LS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("what", choices=["attacks", "victims", "datasets"])
+    p.add_argument("what", choices=["attacks", "victims", "datasets", "transforms"])
     p.add_argument("pattern", nargs="?", default=None, help="shell wildcard, e.g. 'sam-*'")
     p.add_argument(
         "-v",
@@ -378,10 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=DESCRIBE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", help="attack, victim or dataset name (or alias)")
+    p.add_argument("name", help="attack, victim, dataset or transform name (or alias)")
     p.add_argument(
         "--kind",
-        choices=["attack", "victim", "dataset"],
+        choices=["attack", "victim", "dataset", "transform"],
         default=None,
         help="which registry, when a name is in more than one",
     )

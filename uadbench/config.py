@@ -103,6 +103,7 @@ def split_specs(text: str) -> list[str]:
 # ----------------------------------------------------------------------------- fields
 RUN = "uadbench_run"
 BUDGET = "uadbench_budget"
+LATE = "uadbench_late"
 
 
 def run_field(default: Any = None, **kw: Any) -> Any:
@@ -115,6 +116,14 @@ def run_field(default: Any = None, **kw: Any) -> Any:
 def budget_field(default: float, **kw: Any) -> Any:
     """An L-infinity budget in [0, 1]; written ``8`` (1/255 units), ``8/255`` or ``0.03``."""
     meta = {**kw.pop("metadata", {}), BUDGET: True}
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def late_field(default: Any = None, **kw: Any) -> Any:
+    """An identity field added after results were published: while it is at its default it
+    is left out of the config hash, so every existing result keeps its identity (and its
+    run directory, cache and baselines); set, it counts like any other field."""
+    meta = {**kw.pop("metadata", {}), LATE: True}
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
@@ -139,6 +148,14 @@ def identity_config(cfg: Any) -> Any:
             elif f.default_factory is not dataclasses.MISSING:
                 reset[f.name] = f.default_factory()
     return dataclasses.replace(cfg, **reset) if reset else cfg
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def parse_budget(raw: Any, key: str = "eps") -> float:
@@ -247,11 +264,13 @@ def config_hash(kind: str, name: str, cfg: Any, extra: dict[str, Any] | None = N
     """Stable 12-hex-digit hash of (kind, canonical name, identity settings); run fields
     do not count. ``extra``: more identity (e.g. a checkpoint's content digest), left out
     of the payload when empty so that hashes without it stay what they were."""
-    body: dict[str, Any] = {
-        "kind": kind,
-        "name": name,
-        "config": config_dict(identity_config(cfg)),
-    }
+    ident = identity_config(cfg)
+    config = config_dict(ident)
+    if dataclasses.is_dataclass(ident):
+        for f in dataclasses.fields(ident):
+            if f.metadata.get(LATE) and getattr(ident, f.name) == _field_default(f):
+                config.pop(f.name, None)
+    body: dict[str, Any] = {"kind": kind, "name": name, "config": config}
     if extra:
         body["identity"] = extra
     payload = json.dumps(body, sort_keys=True)

@@ -27,6 +27,7 @@ from ..datasets import DATASETS
 from ..errors import ConfigError, DataError, UadbenchError
 from ..eval.prompts import PromptConfig
 from ..registry import code_version
+from ..transforms import TRANSFORMS
 from ..victims import VICTIMS
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,12 @@ class Plugin:
         return plugin
 
 
-REGISTRIES = {"attack": ATTACKS, "victim": VICTIMS, "dataset": DATASETS}
+REGISTRIES = {
+    "attack": ATTACKS,
+    "victim": VICTIMS,
+    "dataset": DATASETS,
+    "transform": TRANSFORMS,
+}
 
 
 def _configure(
