@@ -144,13 +144,17 @@ def _configure(
             overrides.setdefault("model_id", name.split(":", 1)[1])
     cfg = build_config(cfg_cls, overrides, owner=f"{kind} {name}")
     extra = _weights_identity(cls, cfg) if kind == "victim" else {}
+    ident_name, ident_cfg = name, cfg
+    content = getattr(cls, "content_identity", None) if kind == "victim" else None
+    if content is not None and (found := content(cfg)) is not None:
+        ident_name, ident_cfg, extra = found  # hf:<local dir>: its content, not its path
     return Plugin(
         kind,
-        name,
+        ident_name,
         cls,
         cfg,
-        label(name, cfg, {"weights": extra["weights"][:8]} if extra else None),
-        config_hash(kind, name, cfg, extra),
+        label(ident_name, ident_cfg, {"weights": extra["weights"][:8]} if extra else None),
+        config_hash(kind, ident_name, ident_cfg, extra),
         code_version(cls),
     )
 

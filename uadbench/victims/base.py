@@ -93,6 +93,15 @@ class Victim(ABC):
 
         return file_digest(status.where)[:16]
 
+    @classmethod
+    def content_identity(cls, config: Any) -> tuple[str, Any, dict[str, str]] | None:
+        """For a victim whose *name* would carry where its weights sit (``hf:<local dir>``):
+        ``(name, config, extra)`` to identify its results by instead — a path-free name,
+        the config with the path at its default, and ``{"weights": <content digest>}`` —
+        so a copy of the same files elsewhere is the same result. None (the default): the
+        registry name and config identify it (a checkpoint path is a run field already)."""
+        return None
+
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:

@@ -38,7 +38,9 @@ an image embedding computed once per image. Single-mask output (``multimask_outp
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,7 @@ from .locate import (
     WeightsStatus,
     cached_hf_models,
     hf_weight_files,
+    is_local_model,
     locate_hf_model,
     read_model_type,
     resolve_hf_model,
@@ -66,11 +69,32 @@ __all__ = [
     "HfConfig",
     "HfFamily",
     "HfVictim",
+    "LOCAL_NAME",
     "cached_hf_models",
     "hf_weight_files",
+    "model_dir_digest",
     "read_model_type",
     "resolve_hf_model",
 ]
+
+
+#: the registry name of every ``hf:<local dir>`` victim: its content digest tells them apart
+LOCAL_NAME = HF_PREFIX + "local"
+
+
+def model_dir_digest(d: Path) -> str:
+    """SHA-256 (hex) identifying a transformers model directory by content: of each file
+    that decides its predictions — ``config.json``, the processor's config
+    (``preprocessor_config.json``, ``processor_config.json``) when present, and the weight
+    files transformers loads (:func:`hf_weight_files`) — by file name and content digest
+    (:func:`uadbench.victims.checkpoints.file_digest`, remembered between commands)."""
+    from .checkpoints import file_digest
+
+    files = [d / "config.json"]
+    files += [d / n for n in ("preprocessor_config.json", "processor_config.json")]
+    files = [f for f in files if f.is_file()] + hf_weight_files(d)
+    lines = "".join(f"{f.name}\t{file_digest(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +129,26 @@ class HfVictim(Victim):
     @classmethod
     def weights_status(cls, config: HfConfig) -> WeightsStatus:
         return resolve_hf_model(config.model_id, config.revision)
+
+    @classmethod
+    def weights_digest(cls, config: HfConfig) -> str | None:
+        """Content digest of the model directory (:func:`model_dir_digest`, first 16 hex
+        digits), hub snapshot or local directory; None when it is not found."""
+        where, _ = locate_hf_model(config.model_id, config.revision)
+        return None if where is None else model_dir_digest(where)[:16]
+
+    @classmethod
+    def content_identity(cls, config: HfConfig) -> tuple[str, HfConfig, dict[str, str]] | None:
+        """``hf:<local dir>`` is identified by what the directory holds, not where it is:
+        the name ``hf:local``, ``model_id`` left out, and the directory's content digest
+        (a copy elsewhere gives the same label, hash and run directory; a changed weight
+        file another). A hub id stays its own identity (None)."""
+        if not is_local_model(config.model_id):
+            return None
+        digest = cls.weights_digest(config)
+        if digest is None:  # no model there: check_weights says so before anything runs
+            return None
+        return LOCAL_NAME, dataclasses.replace(config, model_id=""), {"weights": digest}
 
     # ------------------------------------------------------------------ loading
     def build(self) -> torch.nn.Module:
