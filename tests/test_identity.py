@@ -103,6 +103,9 @@ def test_a_local_hf_model_directory_is_identified_by_its_content(tmp_path, monke
     ph = resolve("victim", "hf:org/sam-tiny")
     assert ph.name == "hf:org/sam-tiny" and ph.label.startswith("hf:org/sam-tiny")
     assert ph.record()["weights_sha256"]  # the manifest still records what the id held
+    # as surrogate, a hub id names one run directory, not a nested org/ directory
+    out = RunSpec(ds, [], [ph], ph).default_out(tmp_path)
+    assert out.parent == tmp_path and out.name.startswith("samples-hf_org__sam-tiny-s0-")
 
 
 def test_a_moved_local_hf_model_resumes_its_run(tmp_path):

@@ -407,5 +407,9 @@ class RunSpec:
         import hashlib
         import json
 
+        from ..store.rundir import _safe
+
         h = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        return Path(root) / f"{self.dataset.name}-{self.surrogate.name}-s{self.seed}-{h}"
+        # one directory even for a surrogate named hf:org/model (no '/' or ':' in it)
+        name = f"{self.dataset.name}-{_safe(self.surrogate.name)}-s{self.seed}-{h}"
+        return Path(root) / name
