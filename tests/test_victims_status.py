@@ -135,3 +135,30 @@ def test_listing_without_torch_says_what_each_victim_class_says(places, monkeypa
                 assert light == _class_status(name), (missing, setup, name)
     assert locate.builtin_status("not-a-builtin") is None
     assert set(locate.BUILTIN) == set(REG.names()), "a built-in victim without a torch-free lookup"
+
+
+def test_a_third_party_victim_is_asked_through_its_class(places):
+    """A victim the torch-free table does not know (a plugin) answers through its class's
+    ``weights_status``; one that fails to import is reported in its row, the rest listed."""
+    from uadbench.victims.locate import WeightsStatus
+    from uadbench.victims.segment_anything import SeededSamTiny
+
+    class Plugged(SeededSamTiny):
+        name = "plugged-sam"
+
+        @classmethod
+        def weights_status(cls, config):
+            return WeightsStatus(False, "", "needs the plugged weights")
+
+    VICTIMS.register("plugged-sam", Plugged, source="plugged-dist")
+    VICTIMS.register("broken-sam", "no_such_module_xyz:Victim", source="broken-dist")
+    try:
+        st = victim_status("plugged-sam")
+        assert not st.found and st.detail == "needs the plugged weights"
+        rows = dict(list_status())
+        assert rows["plugged-sam"].detail == "needs the plugged weights"
+        assert not rows["broken-sam"].found and "needs a package" in rows["broken-sam"].detail
+        assert rows["sam-vit-b"].detail  # the others are still listed
+    finally:
+        VICTIMS.unregister("plugged-sam")
+        VICTIMS.unregister("broken-sam")

@@ -266,30 +266,11 @@ def surrogate_first(victims: list[Plugin], surrogate: Plugin) -> list[Plugin]:
 
 
 def available_victims(strict: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """(names usable, [(name, reason)] skipped) over the whole victim registry."""
-    try:
-        from ..victims.status import available_victims as _avail
-    except ImportError:
-        _avail = None
-    if _avail is not None:
-        return _avail(strict)
-    usable, skipped = [], []
-    for name in VICTIMS.names():
-        try:
-            cls = VICTIMS.get(name)
-            st = cls.weights_status(cls.Config())
-        except UadbenchError as exc:
-            skipped.append((name, str(exc)))
-            continue
-        if st.found:
-            usable.append(name)
-        else:
-            skipped.append((name, f"no weights (looked in {st.detail})"))
-    if strict and skipped:
-        raise UadbenchError(
-            "--strict: victims without weights: " + "; ".join(n for n, _ in skipped)
-        )
-    return usable, skipped
+    """(names usable, [(name, reason)] skipped) over the whole victim registry
+    (:func:`uadbench.victims.status.available_victims`)."""
+    from ..victims.status import available_victims as _avail
+
+    return _avail(strict)
 
 
 def check_weights(plugins: list[Plugin]) -> None:
