@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import subprocess
 import sys
 import textwrap
@@ -26,21 +27,39 @@ LIGHT_COMMANDS = [
     ["--help"],
     ["ls", "attacks"],
     ["ls", "datasets"],
+    ["ls", "transforms"],
+    ["ls", "victims"],  # weights found or not, and where: looked up without torch
+    ["ls", "victims", "sam-*"],
     ["ls", "attacks", "-v"],
     ["ls", "victims", "-v"],
+    ["ls", "transforms", "-v"],
     ["describe", "uad"],
     ["describe", "sam-vit-b"],
     ["describe", "hf:facebook/sam-vit-base"],
     ["describe", "sa1b"],
+    ["describe", "identity"],
     ["zoo", "--help"],
     ["run", "--help"],
 ]
 
 
-def test_help_ls_and_describe_import_no_torch():
+def test_help_ls_and_describe_import_no_torch(tmp_path):
     """In a fresh interpreter, every listing command runs (exit 0) and leaves torch (and
     numpy-heavy backends) unimported — a module-level `import torch` reached from the CLI,
-    the registry or a plugin's listing path turns this red."""
+    the registry or a plugin's listing path turns this red. `ls victims` runs with a
+    checkpoint found and an hf: model in the Hugging Face cache, which it must report."""
+    from test_victims_common import write_hf_snapshot
+
+    ckpt, hub = tmp_path / "ckpt", tmp_path / "hub"
+    ckpt.mkdir()
+    (ckpt / "sam_vit_b_01ec64.pth").write_bytes(b"x")
+
+    def hf_model(d):
+        (d / "config.json").write_text('{"model_type": "sam"}')
+        (d / "model.safetensors").write_bytes(b"x")
+
+    write_hf_snapshot(hub, "org/sam-tiny", hf_model)
+    env = {**os.environ, "UADBENCH_CHECKPOINTS": str(ckpt), "HF_HUB_CACHE": str(hub)}
     code = textwrap.dedent(
         f"""
         import contextlib, io, sys
@@ -54,12 +73,22 @@ def test_help_ls_and_describe_import_no_torch():
                     rc = exc.code
             assert rc == 0, (argv, rc)
             assert out.getvalue().strip(), argv
+            if argv == ["ls", "victims"]:
+                lines = out.getvalue().splitlines()[2:]
+                rows = {{r.split()[0]: r.split()[1] for r in lines if r[:1].strip()}}
+                assert rows["sam-vit-b"] == "found" and rows["sam-vit-l"] == "missing", rows
+                assert rows["hf:org/sam-tiny"] == "found", rows
         heavy = sorted(m for m in ("torch", "transformers", "ultralytics") if m in sys.modules)
         print("HEAVY", heavy)
         """
     )
     res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env=env,
     )
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout, res.stdout

@@ -50,6 +50,83 @@ def test_same_weights_at_another_path_are_the_same_victim(tmp_path):
     assert resolve("victim", "zoo-hf-sam:prompt_batch=7").hash == default.hash
 
 
+def _hf_dir(path):
+    """A tiny transformers SAM saved to ``path`` (config, processor config, safetensors)."""
+    from test_victims_common import hf_tiny
+
+    model, proc = hf_tiny("sam")
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def test_a_local_hf_model_directory_is_identified_by_its_content(tmp_path, monkeypatch):
+    """``hf:<dir>``: the same files copied to another path are the same victim (label,
+    hash, key, run directory as surrogate); a changed weight file is another; a hub id
+    stays an id."""
+    import shutil
+
+    from test_victims_common import write_hf_snapshot
+
+    from uadbench.engine.plan import RunSpec
+
+    a = _hf_dir(tmp_path / "models" / "sam-a")
+    b = tmp_path / "moved" / "other-name"
+    shutil.copytree(a, b)
+    pa, pb = resolve("victim", f"hf:{a}"), resolve("victim", f"hf:{b}")
+    assert (pa.name, pa.label, pa.hash, pa.key) == (pb.name, pb.label, pb.hash, pb.key)
+    assert pa.label.startswith("hf:local[weights=") and "sam-a" not in pa.label
+    assert pa.config.model_id == str(a) and pb.config.model_id == str(b)  # each runs its own
+    assert pa.record()["weights_sha256"] == pb.record()["weights_sha256"]
+    ds = resolve("dataset", "samples")
+    assert RunSpec(ds, [], [pa], pa).default_out() == RunSpec(ds, [], [pb], pb).default_out()
+    # run fields still do not count, identity fields still do
+    assert resolve("victim", f"hf:{b}:prompt_batch=3").hash == pa.hash
+    hq_only = resolve("victim", f"hf:{b}:hq_token_only=true")
+    assert hq_only.hash != pa.hash and str(b) not in hq_only.label
+    # another weight file: another victim (and another run directory as surrogate)
+    (weights,) = b.glob("*.safetensors")
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    pc = resolve("victim", f"hf:{b}")
+    assert pc.hash != pa.hash and pc.label != pa.label
+    assert RunSpec(ds, [], [pc], pc).default_out() != RunSpec(ds, [], [pa], pa).default_out()
+    # another config.json with the same weights: another model too
+    cfg = a / "config.json"
+    cfg.write_text(cfg.read_text().replace("}", ', "uadbench_test": 1}', 1))
+    assert resolve("victim", f"hf:{a}").hash not in (pa.hash, pc.hash)
+    # a hub id is identified by the id (and its revision), not by content
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    write_hf_snapshot(hub, "org/sam-tiny", lambda d: shutil.copytree(a, d, dirs_exist_ok=True))
+    ph = resolve("victim", "hf:org/sam-tiny")
+    assert ph.name == "hf:org/sam-tiny" and ph.label.startswith("hf:org/sam-tiny")
+    assert ph.record()["weights_sha256"]  # the manifest still records what the id held
+    # as surrogate, a hub id names one run directory, not a nested org/ directory
+    out = RunSpec(ds, [], [ph], ph).default_out(tmp_path)
+    assert out.parent == tmp_path and out.name.startswith("samples-hf_org__sam-tiny-s0-")
+
+
+def test_a_moved_local_hf_model_resumes_its_run(tmp_path):
+    """A run with ``hf:<dir>`` as victim, rerun after the directory moved: every job is
+    found finished (no second column, no re-evaluation)."""
+    import shutil
+
+    a = _hf_dir(tmp_path / "sam-a")
+    data = f"folder:root={_folder(tmp_path / 'imgs', n=1)}"
+    kw = dict(attacks="feature-pgd:steps=1", dataset=data, limit=1, progress=False)
+    out = tmp_path / "run"
+    first = api.run(victims=f"hf:{a}", out=out, **kw)
+    assert first.summary.eval_done > 0 and not first.summary.failures
+    b = tmp_path / "moved"
+    shutil.move(a, b)
+    again = api.run(victims=f"hf:{b}", out=out, **kw)
+    assert again.summary.eval_done == 0 and again.summary.eval_skipped == first.summary.eval_done
+    labels = {v.label for v in again.spec.victims}
+    assert labels == {v.label for v in first.spec.victims} and len(labels) == 1
+
+
 def test_moving_a_dataset_keeps_its_identity_and_prompts(tmp_path):
     from uadbench.engine.jobs import RunData
     from uadbench.engine.plan import RunSpec

@@ -61,3 +61,23 @@ def test_ultralytics_is_pinned_below_the_next_untested_minor():
     (req,) = _project()["optional-dependencies"]["fastsam"]
     assert _dist(req) == "ultralytics"
     assert re.search(r">=\s*8\.\d+", req) and re.search(r"<\s*8\.\d+", req), req
+
+
+def test_the_manifest_records_versions_of_declared_packages_only():
+    """Every package whose version a run's manifest records is one uadbench depends on
+    (kornia, imported nowhere, was recorded), and the backends that move results are in."""
+    from uadbench.store.manifest import _versions
+
+    project = _project()
+    declared = {_dist(r) for r in project["dependencies"]}
+    declared |= {_dist(r) for reqs in project["optional-dependencies"].values() for r in reqs}
+    import importlib.metadata as md
+
+    asked = set(_versions()) - {"python", "uadbench"}
+    assert asked <= declared, asked - declared
+    for pkg in ("torch", "transformers", "segment-anything-hq", "ultralytics"):
+        try:
+            md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+        assert pkg in asked, pkg

@@ -6,6 +6,7 @@ import pytest
 from test_victims_common import write_hf_snapshot
 
 from uadbench.errors import UadbenchError, UnknownNameError
+from uadbench.victims import VICTIMS
 from uadbench.victims.checkpoints import find_checkpoint, hf_cache_dir
 from uadbench.victims.status import available_victims, list_status, victim_status
 
@@ -71,9 +72,10 @@ def test_victims_all_and_strict(places, monkeypatch):
 
 
 def test_missing_optional_backend_is_the_reason(places, monkeypatch):
-    import uadbench.victims.fastsam as fs
+    import uadbench.victims.locate as locate
 
-    monkeypatch.setattr(fs, "ultralytics_available", lambda: False)
+    real = locate.package_available
+    monkeypatch.setattr(locate, "package_available", lambda m: m != "ultralytics" and real(m))
     reasons = dict(available_victims()[1])
     assert reasons["fastsam-x"].startswith("needs `pip install uadbench[fastsam]`")
 
@@ -81,3 +83,82 @@ def test_missing_optional_backend_is_the_reason(places, monkeypatch):
 def test_list_status_pattern(places):
     names = [n for n, _ in list_status("hq-sam-*")]
     assert names == ["hq-sam-vit-b", "hq-sam-vit-h", "hq-sam-vit-l", "hq-sam-vit-tiny"]
+
+
+# ---------------------------------------------------------------------- one answer, two paths
+def _class_status(name: str):
+    """What the victim's class says (the path a run takes, which imports torch)."""
+    cls = VICTIMS.get(name)
+    cfg = cls.Config(model_id=name[3:]) if name.startswith("hf:") else cls.Config()
+    return cls.weights_status(cfg)
+
+
+def _setups(ckpt, hub):
+    """Places weights can be in, one after another: none; every default checkpoint file
+    in the checkpoint dir; HQ-SAM / MobileSAM only in the HF cache; an hf: model."""
+    from uadbench.victims.locate import BUILTIN
+
+    yield "nothing"
+    for spec in BUILTIN.values():
+        if spec.filename:
+            (ckpt / spec.filename).write_bytes(b"x")
+    yield "checkpoint dir"
+    for f in ckpt.iterdir():
+        f.unlink()
+    write_hf_snapshot(hub, "lkeab/hq-sam", lambda d: (d / "sam_hq_vit_tiny.pth").write_bytes(b"x"))
+    write_hf_snapshot(hub, "dhkim2810/MobileSAM", lambda d: (d / "mobile_sam.pt").write_bytes(b"x"))
+
+    def hf_model(d):
+        (d / "config.json").write_text('{"model_type": "sam"}')
+        (d / "model.safetensors").write_bytes(b"x")
+
+    write_hf_snapshot(hub, "org/sam-tiny", hf_model)
+    yield "hf cache"
+
+
+def test_listing_without_torch_says_what_each_victim_class_says(places, monkeypatch):
+    """`ls victims` answers from uadbench.victims.locate (no torch); a run asks the victim
+    class. For every built-in victim, and an optional backend present or not, both agree:
+    a file name, search place or backend check changed in one place only turns this red."""
+    import uadbench.victims.locate as locate
+    from uadbench.victims import VICTIMS as REG
+
+    ckpt, hub = places
+    real = locate.package_available
+    for missing in ("", "segment_anything_hq", "ultralytics"):
+        monkeypatch.setattr(locate, "package_available", lambda m, x=missing: m != x and real(m))
+        for setup in _setups(ckpt, hub):
+            names = [*REG.names(), "hf:org/sam-tiny", "hf:org/absent"]
+            for name in names:
+                light = locate.builtin_status(name)
+                assert light is not None, name
+                assert light == _class_status(name), (missing, setup, name)
+    assert locate.builtin_status("not-a-builtin") is None
+    assert set(locate.BUILTIN) == set(REG.names()), "a built-in victim without a torch-free lookup"
+
+
+def test_a_third_party_victim_is_asked_through_its_class(places):
+    """A victim the torch-free table does not know (a plugin) answers through its class's
+    ``weights_status``; one that fails to import is reported in its row, the rest listed."""
+    from uadbench.victims.locate import WeightsStatus
+    from uadbench.victims.segment_anything import SeededSamTiny
+
+    class Plugged(SeededSamTiny):
+        name = "plugged-sam"
+
+        @classmethod
+        def weights_status(cls, config):
+            return WeightsStatus(False, "", "needs the plugged weights")
+
+    VICTIMS.register("plugged-sam", Plugged, source="plugged-dist")
+    VICTIMS.register("broken-sam", "no_such_module_xyz:Victim", source="broken-dist")
+    try:
+        st = victim_status("plugged-sam")
+        assert not st.found and st.detail == "needs the plugged weights"
+        rows = dict(list_status())
+        assert rows["plugged-sam"].detail == "needs the plugged weights"
+        assert not rows["broken-sam"].found and "needs a package" in rows["broken-sam"].detail
+        assert rows["sam-vit-b"].detail  # the others are still listed
+    finally:
+        VICTIMS.unregister("plugged-sam")
+        VICTIMS.unregister("broken-sam")

@@ -36,6 +36,8 @@ def test_listing_commands_cost_less_than_half_a_torch_import(benchmark):
     commands = {
         "--help": ["-m", "uadbench", "--help"],
         "ls attacks": ["-m", "uadbench", "ls", "attacks"],
+        "ls victims": ["-m", "uadbench", "ls", "victims"],  # weights status, found without torch
+        "ls transforms": ["-m", "uadbench", "ls", "transforms"],
         "describe uad": ["-m", "uadbench", "describe", "uad"],
     }
     walls = {name: _wall(args, repeats) for name, args in commands.items()}

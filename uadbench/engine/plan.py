@@ -144,13 +144,17 @@ def _configure(
             overrides.setdefault("model_id", name.split(":", 1)[1])
     cfg = build_config(cfg_cls, overrides, owner=f"{kind} {name}")
     extra = _weights_identity(cls, cfg) if kind == "victim" else {}
+    ident_name, ident_cfg = name, cfg
+    content = getattr(cls, "content_identity", None) if kind == "victim" else None
+    if content is not None and (found := content(cfg)) is not None:
+        ident_name, ident_cfg, extra = found  # hf:<local dir>: its content, not its path
     return Plugin(
         kind,
-        name,
+        ident_name,
         cls,
         cfg,
-        label(name, cfg, {"weights": extra["weights"][:8]} if extra else None),
-        config_hash(kind, name, cfg, extra),
+        label(ident_name, ident_cfg, {"weights": extra["weights"][:8]} if extra else None),
+        config_hash(kind, ident_name, ident_cfg, extra),
         code_version(cls),
     )
 
@@ -262,30 +266,11 @@ def surrogate_first(victims: list[Plugin], surrogate: Plugin) -> list[Plugin]:
 
 
 def available_victims(strict: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """(names usable, [(name, reason)] skipped) over the whole victim registry."""
-    try:
-        from ..victims.status import available_victims as _avail
-    except ImportError:
-        _avail = None
-    if _avail is not None:
-        return _avail(strict)
-    usable, skipped = [], []
-    for name in VICTIMS.names():
-        try:
-            cls = VICTIMS.get(name)
-            st = cls.weights_status(cls.Config())
-        except UadbenchError as exc:
-            skipped.append((name, str(exc)))
-            continue
-        if st.found:
-            usable.append(name)
-        else:
-            skipped.append((name, f"no weights (looked in {st.detail})"))
-    if strict and skipped:
-        raise UadbenchError(
-            "--strict: victims without weights: " + "; ".join(n for n, _ in skipped)
-        )
-    return usable, skipped
+    """(names usable, [(name, reason)] skipped) over the whole victim registry
+    (:func:`uadbench.victims.status.available_victims`)."""
+    from ..victims.status import available_victims as _avail
+
+    return _avail(strict)
 
 
 def check_weights(plugins: list[Plugin]) -> None:
@@ -403,5 +388,9 @@ class RunSpec:
         import hashlib
         import json
 
+        from ..store.rundir import _safe
+
         h = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        return Path(root) / f"{self.dataset.name}-{self.surrogate.name}-s{self.seed}-{h}"
+        # one directory even for a surrogate named hf:org/model (no '/' or ':' in it)
+        name = f"{self.dataset.name}-{_safe(self.surrogate.name)}-s{self.seed}-{h}"
+        return Path(root) / name

@@ -40,9 +40,10 @@ def _versions() -> dict[str, str]:
         "torchvision",
         "numpy",
         "segment-anything",
+        "segment-anything-hq",
         "transformers",
         "timm",
-        "kornia",
+        "ultralytics",
     ):
         try:
             out[pkg] = md.version(pkg)

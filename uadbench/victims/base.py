@@ -14,7 +14,6 @@ deepest block asked for — and :meth:`Victim.mask_logits` for prompt-level atta
 from __future__ import annotations
 
 import dataclasses
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,41 +23,12 @@ import numpy as np
 import torch
 
 from ..config import run_field
-from ..errors import DataError, MissingCheckpointError
+from ..errors import DataError
 from ..eval.prompts import PromptSet
 
-
-@dataclasses.dataclass(frozen=True)
-class WeightsStatus:
-    """Whether a victim's weights are available, and where (or why not)."""
-
-    found: bool
-    where: str  # the file or directory found, or "" when not found
-    detail: str = ""  # why not / where it looked ("; "-separated places)
-
-    def require(self, name: str) -> Path:
-        """The found path, or a :class:`MissingCheckpointError` saying where we looked."""
-        if not self.found:
-            raise MissingCheckpointError(
-                name,
-                self.detail.split("; ") if self.detail else [],
-                f"Get it with `uadbench download {name}` on a machine with network, or pass "
-                f"--victims {name}:checkpoint=PATH, or put the file in $UADBENCH_CHECKPOINTS.",
-            )
-        return Path(self.where)
-
-
-def checkpoint_dirs() -> list[Path]:
-    """Directories searched for checkpoint files, in order."""
-    dirs = []
-    env = os.environ.get("UADBENCH_CHECKPOINTS")
-    if env:
-        dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    cache = (
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uadbench" / "checkpoints"
-    )
-    dirs.append(cache)
-    return dirs
+# torch-free weights lookup (uadbench ls victims); re-exported for victim authors
+from .locate import WeightsStatus as WeightsStatus
+from .locate import checkpoint_dirs as checkpoint_dirs
 
 
 def resized_hw(h: int, w: int, long_side: int) -> tuple[int, int]:
@@ -122,6 +92,15 @@ class Victim(ABC):
         from .checkpoints import file_digest
 
         return file_digest(status.where)[:16]
+
+    @classmethod
+    def content_identity(cls, config: Any) -> tuple[str, Any, dict[str, str]] | None:
+        """For a victim whose *name* would carry where its weights sit (``hf:<local dir>``):
+        ``(name, config, extra)`` to identify its results by instead — a path-free name,
+        the config with the path at its default, and ``{"weights": <content digest>}`` —
+        so a copy of the same files elsewhere is the same result. None (the default): the
+        registry name and config identify it (a checkpoint path is a run field already)."""
+        return None
 
     @property
     def model(self) -> torch.nn.Module:

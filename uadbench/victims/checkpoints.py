@@ -12,40 +12,17 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..errors import UadbenchError
-from .base import WeightsStatus, checkpoint_dirs
 
-
-def find_checkpoint(
-    name: str, explicit: str | None, filenames: Sequence[str], hf_repo: str | None = None
-) -> WeightsStatus:
-    """Look for a checkpoint: the explicit path, then each checkpoint dir × filename, then
-    (when ``hf_repo`` is given) those filenames in that repo's Hugging Face cache snapshot."""
-    searched = []
-    if explicit:
-        p = Path(explicit).expanduser()
-        if p.is_file():
-            return WeightsStatus(True, str(p))
-        return WeightsStatus(False, "", str(p))
-    for d in checkpoint_dirs():
-        for fn in filenames:
-            p = d / fn
-            if p.is_file():
-                return WeightsStatus(True, str(p))
-            searched.append(str(p))
-    if hf_repo:
-        snap = hf_snapshot(hf_repo)
-        for fn in filenames:
-            if snap is not None and (snap / fn).is_file():
-                return WeightsStatus(True, str(snap / fn))
-            searched.append(f"Hugging Face cache {hf_cache_dir()} ({hf_repo}/{fn})")
-    return WeightsStatus(False, "", "; ".join(searched))
-
+# the lookup itself is torch-free (uadbench ls victims); re-exported here
+from .locate import find_checkpoint as find_checkpoint
+from .locate import hf_cache_dir as hf_cache_dir
+from .locate import hf_repo_dir as hf_repo_dir
+from .locate import hf_snapshot as hf_snapshot
 
 # ---------------------------------------------------------------------- content digests
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -130,37 +107,6 @@ def remember_checked(key: str) -> None:
         atomic_write_bytes(_checks_file(), json.dumps(sorted({*have[-2000:], key})).encode())
     except OSError:
         pass
-
-
-# ---------------------------------------------------------------------- Hugging Face cache
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache, read from the environment at call time (``HF_HUB_CACHE``,
-    ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME``/hub, ``XDG_CACHE_HOME``/huggingface/hub)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def hf_repo_dir(repo_id: str, cache_dir: Path | None = None) -> Path:
-    """``<cache>/models--org--name`` for a model repo id ``org/name``."""
-    return (cache_dir or hf_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
-
-
-def hf_snapshot(repo_id: str, revision: str = "main", cache_dir: Path | None = None) -> Path | None:
-    """The cached snapshot directory of ``repo_id`` at ``revision`` (a branch name resolved
-    through ``refs/<revision>``, or a commit hash), or None when it is not cached. Never
-    touches the network."""
-    if not repo_id or repo_id.count("/") != 1 or ".." in repo_id:
-        return None
-    repo = hf_repo_dir(repo_id, cache_dir)
-    ref = repo / "refs" / revision
-    commit = ref.read_text().strip() if ref.is_file() else revision
-    snap = repo / "snapshots" / commit
-    return snap if snap.is_dir() else None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import dataclasses
-import importlib.util
 import os
 import pickle
 import types
@@ -40,15 +39,15 @@ import torch
 
 from ..errors import UadbenchError
 from ..eval.prompts import PromptSet
-from .base import Victim, VictimConfig, WeightsStatus
-from .checkpoints import find_checkpoint, load_state_dict_strict
+from . import locate
+from .base import Victim, VictimConfig
+from .checkpoints import load_state_dict_strict
 from .download import WEIGHTS
-
-FASTSAM_INSTALL = "needs `pip install uadbench[fastsam]` (the ultralytics package)"
+from .locate import FASTSAM_INSTALL, WeightsStatus, find_checkpoint
 
 
 def ultralytics_available() -> bool:
-    return importlib.util.find_spec("ultralytics") is not None
+    return locate.package_available("ultralytics")  # one switch for tests
 
 
 def import_ultralytics() -> None:

@@ -38,7 +38,7 @@ an image embedding computed once per image. Single-mask output (``multimask_outp
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -48,95 +48,53 @@ import torch
 
 from ..errors import UadbenchError
 from ..eval.prompts import PromptSet
-from .base import Victim, VictimConfig, WeightsStatus
-from .checkpoints import hf_cache_dir, hf_repo_dir, hf_snapshot
+from .base import Victim, VictimConfig
+from .locate import (
+    FAMILIES,
+    HF_PREFIX,
+    HfFamily,
+    WeightsStatus,
+    cached_hf_models,
+    hf_weight_files,
+    is_local_model,
+    locate_hf_model,
+    read_model_type,
+    resolve_hf_model,
+    unsupported_message,
+)
 
-HF_PREFIX = "hf:"
-
-
-@dataclasses.dataclass(frozen=True)
-class HfFamily:
-    """How to drive one transformers model type. ``embedding``: what
-    ``get_image_embeddings`` returns — "tensor" (SAM), "hq" ((tensor, intermediate list),
-    SAM-HQ) or "multiscale" (list of feature maps, SAM 2 style).
-    ``reshaped_sizes``: whether ``post_process_masks`` takes the pre-padding input size."""
-
-    model_class: str
-    processor_class: str
-    embedding: str
-    reshaped_sizes: bool
-
-
-FAMILIES: dict[str, HfFamily] = {
-    "sam": HfFamily("SamModel", "SamProcessor", "tensor", True),
-    "sam_hq": HfFamily("SamHQModel", "SamHQProcessor", "hq", True),
-    "sam2": HfFamily("Sam2Model", "Sam2Processor", "multiscale", False),
-    "sam2_video": HfFamily("Sam2Model", "Sam2Processor", "multiscale", False),
-    "edgetam": HfFamily("EdgeTamModel", "Sam2Processor", "multiscale", False),
-    "edgetam_video": HfFamily("EdgeTamModel", "Sam2Processor", "multiscale", False),
-    "sam3_tracker": HfFamily("Sam3TrackerModel", "Sam3TrackerProcessor", "multiscale", False),
-}
-
-
-def _weights_in(d: Path) -> list[Path]:
-    return sorted(d.glob("*.safetensors")) or sorted(d.glob("pytorch_model*.bin"))
+__all__ = [
+    "FAMILIES",
+    "HF_PREFIX",
+    "HfConfig",
+    "HfFamily",
+    "HfVictim",
+    "LOCAL_NAME",
+    "cached_hf_models",
+    "hf_weight_files",
+    "model_dir_digest",
+    "read_model_type",
+    "resolve_hf_model",
+]
 
 
-def read_model_type(d: Path) -> str | None:
-    """``model_type`` from ``d/config.json`` (None if absent or unreadable)."""
-    try:
-        return json.loads((d / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+#: the registry name of every ``hf:<local dir>`` victim: its content digest tells them apart
+LOCAL_NAME = HF_PREFIX + "local"
 
 
-def _locate(model: str, revision: str) -> tuple[Path | None, str]:
-    """(directory holding config.json + weights, or None; where we looked)."""
-    if not model:
-        return None, "no model given: write hf:<hub id or path>"
-    p = Path(model).expanduser()
-    if p.is_dir():
-        where, searched = p, str(p)
-    else:
-        searched = f"Hugging Face cache {hf_repo_dir(model)} (revision {revision})"
-        where = hf_snapshot(model, revision)
-        if where is None:
-            return None, searched
-    if not (where / "config.json").is_file() or not _weights_in(where):
-        return None, f"{searched}: no config.json with weights in {where}"
-    return where, searched
+def model_dir_digest(d: Path) -> str:
+    """SHA-256 (hex) identifying a transformers model directory by content: of each file
+    that decides its predictions — ``config.json``, the processor's config
+    (``preprocessor_config.json``, ``processor_config.json``) when present, and the weight
+    files transformers loads (:func:`hf_weight_files`) — by file name and content digest
+    (:func:`uadbench.victims.checkpoints.file_digest`, remembered between commands)."""
+    from .checkpoints import file_digest
 
-
-def _unsupported(where: Path) -> str:
-    return (
-        f"{where}: model_type {read_model_type(where)!r} is not a supported promptable "
-        f"segmenter (supported: {', '.join(FAMILIES)})"
-    )
-
-
-def resolve_hf_model(model: str, revision: str = "main") -> WeightsStatus:
-    """Where ``model`` (hub id or local directory) is, without loading anything."""
-    where, searched = _locate(model, revision)
-    if where is None:
-        return WeightsStatus(False, "", searched)
-    if read_model_type(where) not in FAMILIES:
-        return WeightsStatus(False, "", _unsupported(where))
-    return WeightsStatus(True, str(where))
-
-
-def cached_hf_models() -> list[str]:
-    """``hf:<id>`` names of the supported models found in the local Hugging Face cache
-    (snapshot of ``refs/main``). Reads only small JSON files."""
-    root = hf_cache_dir()
-    out = []
-    if not root.is_dir():
-        return out
-    for d in sorted(root.glob("models--*--*")):
-        repo_id = d.name[len("models--") :].replace("--", "/", 1)
-        snap = hf_snapshot(repo_id)
-        if snap is not None and read_model_type(snap) in FAMILIES and _weights_in(snap):
-            out.append(HF_PREFIX + repo_id)
-    return out
+    files = [d / "config.json"]
+    files += [d / n for n in ("preprocessor_config.json", "processor_config.json")]
+    files = [f for f in files if f.is_file()] + hf_weight_files(d)
+    lines = "".join(f"{f.name}\t{file_digest(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,15 +130,35 @@ class HfVictim(Victim):
     def weights_status(cls, config: HfConfig) -> WeightsStatus:
         return resolve_hf_model(config.model_id, config.revision)
 
+    @classmethod
+    def weights_digest(cls, config: HfConfig) -> str | None:
+        """Content digest of the model directory (:func:`model_dir_digest`, first 16 hex
+        digits), hub snapshot or local directory; None when it is not found."""
+        where, _ = locate_hf_model(config.model_id, config.revision)
+        return None if where is None else model_dir_digest(where)[:16]
+
+    @classmethod
+    def content_identity(cls, config: HfConfig) -> tuple[str, HfConfig, dict[str, str]] | None:
+        """``hf:<local dir>`` is identified by what the directory holds, not where it is:
+        the name ``hf:local``, ``model_id`` left out, and the directory's content digest
+        (a copy elsewhere gives the same label, hash and run directory; a changed weight
+        file another). A hub id stays its own identity (None)."""
+        if not is_local_model(config.model_id):
+            return None
+        digest = cls.weights_digest(config)
+        if digest is None:  # no model there: check_weights says so before anything runs
+            return None
+        return LOCAL_NAME, dataclasses.replace(config, model_id=""), {"weights": digest}
+
     # ------------------------------------------------------------------ loading
     def build(self) -> torch.nn.Module:
         import transformers
 
-        path, searched = _locate(self.config.model_id, self.config.revision)
+        path, searched = locate_hf_model(self.config.model_id, self.config.revision)
         if path is None:
             WeightsStatus(False, "", searched).require(self.name)
         if read_model_type(path) not in FAMILIES:
-            raise UadbenchError(f"victim {self.name!r}: {_unsupported(path)}")
+            raise UadbenchError(f"victim {self.name!r}: {unsupported_message(path)}")
         family = FAMILIES[read_model_type(path)]
         model_cls = getattr(transformers, "AutoModelForMaskGeneration", None)
         proc_cls = getattr(transformers, family.processor_class, None)

@@ -21,7 +21,6 @@ This module also holds the TinyViT encoder pieces shared with MobileSAM
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
@@ -31,8 +30,10 @@ import torch
 
 from ..errors import UadbenchError
 from ..eval.prompts import PromptSet
+from . import locate
 from .base import VictimConfig
 from .download import WEIGHTS
+from .locate import BUILTIN, HQ_INSTALL
 from .segment_anything import (
     PIXEL_MEAN,
     PIXEL_STD,
@@ -44,12 +45,10 @@ from .segment_anything import (
     vit_encoder,
 )
 
-HQ_INSTALL = "needs `pip install uadbench[hq]` (the segment_anything_hq package)"
-
 
 def hq_available() -> bool:
     """Whether ``segment_anything_hq`` is installed (checked without importing it)."""
-    return importlib.util.find_spec("segment_anything_hq") is not None
+    return locate.package_available("segment_anything_hq")  # one switch for tests
 
 
 def hq_modeling() -> ModuleType:
@@ -206,7 +205,7 @@ class HqSamVictim(CheckpointVictim):
 
     Config = HqConfig
     arch: Any = None
-    hf_repo: str | None = "lkeab/hq-sam"
+    hf_repo: str | None = BUILTIN["hq-sam-vit-b"].hf_repo
 
     @classmethod
     def requires(cls) -> tuple[bool, str]:

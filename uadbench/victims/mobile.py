@@ -24,6 +24,7 @@ from .hq import (
     build_tiny_vit,
     hq_available,
 )
+from .locate import BUILTIN
 from .segment_anything import CheckpointVictim, build_sam
 
 
@@ -39,7 +40,7 @@ class MobileSam(TinyVitSurrogate, CheckpointVictim):
     arch: Any = MOBILE_SAM_TINY_VIT
     filename = WEIGHTS["mobilesam"].filename
     url = WEIGHTS["mobilesam"].url
-    hf_repo: str | None = "dhkim2810/MobileSAM"
+    hf_repo: str | None = BUILTIN["mobilesam"].hf_repo
 
     @classmethod
     def requires(cls) -> tuple[bool, str]:

@@ -1,9 +1,10 @@
 """Which victims can run on this machine: weights found (where) or why not.
 
 Used by ``uadbench ls victims`` and ``--victims all [--strict]``. Nothing here loads
-weights: each victim's ``weights_status`` only looks for files (and, for ``hf:`` models,
-reads ``config.json``); a victim module imports its optional backend only when a model
-is built.
+weights, and nothing imports torch for a built-in victim: their default weights are looked
+up by :func:`uadbench.victims.locate.builtin_status` (file lookups, and ``config.json``
+for ``hf:`` models). A third-party victim's status comes from its class's
+``weights_status`` (importing its module, and whatever that imports).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..errors import UadbenchError
 from . import VICTIMS
-from .base import WeightsStatus
+from .locate import WeightsStatus, builtin_status, cached_hf_models
 
 
 def _config(cls: Any, name: str) -> Any:
@@ -30,6 +31,11 @@ def victim_status(name: str) -> WeightsStatus:
     here, and where (or where we looked / what to install). Raises UnknownNameError for
     an unknown name."""
     canonical = VICTIMS.canonical(name)
+    entry = VICTIMS.entry(canonical)
+    if entry.source == "builtin" and not entry.loaded:  # without importing its class
+        status = builtin_status(canonical)
+        if status is not None:
+            return status
     cls = VICTIMS.get(canonical)
     return cls.weights_status(_config(cls, canonical))
 
@@ -37,8 +43,6 @@ def victim_status(name: str) -> WeightsStatus:
 def _cached_hf() -> list[str]:
     if "hf:<id>" not in VICTIMS.names(include_prefixes=True):
         return []
-    from .hf import cached_hf_models
-
     return cached_hf_models()
 
 

@@ -44,11 +44,10 @@ from torch import nn
 
 from ..errors import MissingCheckpointError, UadbenchError
 from ..eval.prompts import PromptSet
-from ..victims.base import VictimConfig, WeightsStatus
-from ..victims.checkpoints import find_checkpoint, load_state_dict_file
+from ..victims.base import VictimConfig
+from ..victims.checkpoints import load_state_dict_file
+from ..victims.locate import ZOO_DIR, WeightsStatus, find_checkpoint, shipped_weights
 from ..victims.segment_anything import SamArch, SamFamilyVictim, build_sam
-
-ZOO_DIR = Path(__file__).resolve().parent
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -60,11 +59,6 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     from ..victims.download import hash_file
 
     return hash_file(Path(path))[1][:16]
-
-
-def shipped_weights(name: str) -> Path:
-    """Where the weights of zoo model ``name`` ship: ``uadbench/zoo/<name>.safetensors``."""
-    return ZOO_DIR / f"{name}.safetensors"
 
 
 def prompt_maps(
