@@ -214,17 +214,21 @@ class RandomResizePad(Transform):
 
     def torch(self, x: Any, rng: np.random.Generator) -> Any:
         """One draw per batch item, from ``rng`` in batch order."""
+        return self.torch_geometry(x, rng)[0]
+
+    def torch_geometry(self, x: Any, rng: np.random.Generator) -> tuple[Any, list[Geometry]]:
         import torch
         import torch.nn.functional as F
 
         h, w = x.shape[-2:]
-        out = []
+        out, geos = [], []
         for item in x:
             nh, nw, top, left = self.draw(h, w, rng)
             small = _torch_resize(item[None], (nh, nw))
             pad = (left, w - nw - left, top, h - nh - top)
             out.append(F.pad(small, pad, value=self.config.fill / 255.0))
-        return torch.cat(out)
+            geos.append(Geometry(nw / w, nh / h, float(left), float(top), h, w))
+        return torch.cat(out), geos
 
 
 # ----------------------------------------------------------------------------- filters
