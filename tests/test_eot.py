@@ -192,3 +192,20 @@ def test_eot_keeps_device_and_dtype_of_the_input():
     )
     loss, g = a.loss_grad(x, lambda z: z.flatten(1).sum(1))
     assert g.dtype == torch.float64 and g.device == x.device and loss.shape == (1,)
+
+
+@pytest.mark.parametrize("name", ["uad", "attack-sam-k", "tap"])
+def test_eot_runs_in_the_model_frame_of_a_sam_surrogate(name):
+    """seeded-sam-tiny shrinks the image into its input frame (attack_space=model): EOT
+    transforms what the surrogate sees there; the budget still holds."""
+    from uadbench.victims import VICTIMS
+
+    sur = VICTIMS.get("seeded-sam-tiny")(device="cpu")
+    img = random_image(120, 320, 7)  # larger than its 256-px input: shrunk to 96 x 256
+    opts = "steps=2,eot=2,eot_transforms=random-resize-pad|jpeg:q=50"
+    extra = {"uad": ",deform_epochs=2,est_fidelity_iter=1", "attack-sam-k": ",k=4"}
+    attack = build(f"{name}:{opts}{extra.get(name, '')}")
+    assert attack.frame(sur, (120, 320)) == (96, 256)  # the model-frame path is exercised
+    out = attack([img], sur, make_context(["a"], [img]))[0]
+    d = np.abs(out.astype(int) - img.astype(int))
+    assert d.max() <= 8 and d.any()
