@@ -209,3 +209,42 @@ def test_eot_runs_in_the_model_frame_of_a_sam_surrogate(name):
     out = attack([img], sur, make_context(["a"], [img]))[0]
     d = np.abs(out.astype(int) - img.astype(int))
     assert d.max() <= 8 and d.any()
+
+
+class _RecordAll(TinyViTSurrogate):
+    """Records every encoder input: (requires grad, image)."""
+
+    def __init__(self):
+        super().__init__(depth=2)
+        self.seen: list[tuple[bool, torch.Tensor]] = []
+
+    def features(self, x, taps):
+        self.seen.append((x.requires_grad, x.detach().clone()))
+        return super().features(x, taps)
+
+
+@pytest.mark.parametrize("name", ["feature-pgd", "tap", "uad"])
+def test_clean_references_get_the_same_draw_as_the_iterate(name):
+    """Under EOT the loss compares f(T(x_adv)) with f(T(x)) for the same draw T: each
+    iterate the encoder sees is followed by the clean image under the same resize-and-pad
+    (same canvas, same padding), not by the untransformed clean image."""
+    img = random_image(32, 40, 5)
+    small = "steps=2" if name != "uad" else "steps=2,deform_epochs=1"
+    spec = f"{name}:{small},eot=3,eot_transforms=[random-resize-pad:min_scale=0.4,fill=255]"
+    sur = _RecordAll()
+    build(spec)([img], sur, make_context(["a"], [img]))
+    pairs = [
+        (z, sur.seen[i + 1][1])
+        for i, (grad, z) in enumerate(sur.seen[:-1])
+        if grad and not sur.seen[i + 1][0]
+    ]
+    assert len(pairs) >= 6  # every draw of every step
+    x = to_tensor([img], torch.device("cpu"))
+    pads = set()
+    for adv, ref in pairs:
+        pad = (ref == 1.0).all(1)  # where the canvas shows the fill
+        assert pad.any() and torch.equal(pad, (adv == 1.0).all(1))
+        assert (adv - ref).abs().max() <= 8 / 255 + 1e-6  # the same draw, the same place
+        assert not torch.equal(ref, x)
+        pads.add(pad.numpy().tobytes())
+    assert len(pads) > 1  # and the draws differ

@@ -219,6 +219,8 @@ class Attack(ABC):
         self._reference_frame_adv: torch.Tensor | None = None
         self._eot: tuple[int, list[Any], np.random.Generator] | None = None
         self._eot_geometry: list[Any] | None = None
+        self._eot_current: tuple[Any, int] | None = None
+        self._eot_full: tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ the maths
     @abstractmethod
@@ -263,7 +265,10 @@ class Attack(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-image loss on what the surrogate sees of ``inp`` (default ``x_adv``, a
         function of it) and the gradient of its sum w.r.t. ``x_adv``: the one place a step's
-        gradient is made. Under EOT (``eot=N``) both are means over N transform draws."""
+        gradient is made. Under EOT (``eot=N``) both are means over N transform draws, each
+        applied where the evaluation applies it: to the image at its own size (with
+        ``attack_space=model``, clean + upsampled δ, transformed, then resized into the
+        surrogate's frame), moving prompts with a geometric draw."""
         inp = x_adv if inp is None else inp
         if self._eot is None:
             loss = loss_fn(self.view(inp))
@@ -271,27 +276,58 @@ class Attack(ABC):
             return loss, grad
         losses, grad = [], torch.zeros_like(x_adv)
         draws = self.eot_draws()
-        for transform, rng in draws:
-            z, geometry = transform.torch_geometry(self.view(inp), rng)
-            self._eot_geometry = geometry
+        for transform, seed in draws:
+            z, self._eot_geometry = self.eot_apply(inp, transform, seed)
+            self._eot_current = (transform, seed)
             try:
                 loss = loss_fn(z)
             finally:
-                self._eot_geometry = None
+                self._eot_geometry = self._eot_current = None
             (g,) = torch.autograd.grad(loss.sum(), x_adv)
             grad += g / len(draws)
             losses.append(loss.detach())
         return torch.stack(losses).mean(0), grad
 
-    def eot_draws(self) -> list[tuple[Any, np.random.Generator]]:
-        """One step's EOT draws: N (transform, generator of its random draw) pairs, the
+    def eot_apply(self, inp: torch.Tensor, transform: Any, seed: int) -> tuple[Any, Any]:
+        """One EOT draw (``transform``, its generator's ``seed``) applied to the image whose
+        iterate (or clean image) in perturb's frame is ``inp``, where the evaluation applies
+        it: at the image's own size, then into the surrogate's frame (``attack_space=model``);
+        returns what the surrogate sees and the draw's geometry in that frame (or None)."""
+        rng = np.random.default_rng(seed)
+        if self._eot_full is None:
+            return transform.torch_geometry(self.view(inp), rng)
+        full, fhw = self._eot_full
+        big, geometry = transform.torch_geometry(full(inp), rng)
+        if geometry is not None:
+            fy, fx = fhw[0] / big.shape[-2], fhw[1] / big.shape[-1]
+            geometry = [
+                g
+                and dataclasses.replace(g, tx=g.tx * fx, ty=g.ty * fy, height=fhw[0], width=fhw[1])
+                for g in geometry
+            ]
+        return resample(big, fhw), geometry
+
+    def eot_reference(self, plain: Any, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+        """A fixed reference of a loss made from the clean image ``x`` (``plain`` = ``fn(x)``,
+        computed once): ``plain`` itself, or inside an EOT draw ``fn`` of the clean image
+        under that same draw, so the loss compares T(x_adv) with T(x) (a geometric draw
+        stays aligned). Call it inside the loss function."""
+        if self._eot_current is None:
+            return plain
+        transform, seed = self._eot_current
+        with torch.no_grad():
+            z, _ = self.eot_apply(x, transform, seed)
+            return fn(z.detach())
+
+    def eot_draws(self) -> list[tuple[Any, int]]:
+        """One step's EOT draws: N (transform, seed of its random draw) pairs, the
         transforms cycling through a fresh random order of the list."""
         n, transforms, rng = self._eot
         order: list[int] = []
         while len(order) < n:
             order += [int(i) for i in rng.permutation(len(transforms))]
         seeds = rng.integers(0, 2**63, size=n)
-        return [(transforms[order[i]], np.random.default_rng(int(seeds[i]))) for i in range(n)]
+        return [(transforms[order[i]], int(seeds[i])) for i in range(n)]
 
     def frame(self, surrogate: Any, hw: tuple[int, int]) -> tuple[int, int] | None:
         """The (h, w) the perturbation is optimised at when it differs from the image's
@@ -333,10 +369,12 @@ class Attack(ABC):
             dy = round_trip_matrix(fhw[0], hw[0], x.device)
             dx = round_trip_matrix(fhw[1], hw[1], x.device)
             self._view = lambda z: small + torch.matmul(torch.matmul(dy, z - small), dx.T)
+            if self._eot is not None:  # EOT transforms the saved image, at its own size
+                self._eot_full = (lambda z: x + resample(z - small, hw), fhw)
             try:
                 small_adv = self.perturb(small, surrogate, ctx)
             finally:
-                self._view = None
+                self._view = self._eot_full = None
         return x + resample(small_adv - small, hw)
 
     def view(self, x_adv: torch.Tensor) -> torch.Tensor:

@@ -519,7 +519,8 @@ class UAD(FeatureAttack):
 
         def fidelity(z: torch.Tensor) -> torch.Tensor:  # per image; EOT-averaged in loss_grad
             adv[:] = self.feats(surrogate, z, taps)
-            return fidelity_loss(adv, target, clean) * scale
+            cl = self.eot_reference(clean, lambda c: self.ref_feats(surrogate, c, taps), x)
+            return fidelity_loss(adv, target, cl) * scale
 
         for t in range(steps):
             noise = None
