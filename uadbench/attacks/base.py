@@ -62,10 +62,12 @@ class AttackConfig:
     a fresh random order of the list, so each transform is equally likely and, with N a
     multiple of the list's length, used equally often; a random transform such as
     random-resize-pad gets a fresh draw each time), through the transform's differentiable
-    path or BPDA (docs/transforms.md). All draws come from the run seed and the sample ids.
-    ``eot=0`` (default) is the plain attack; ``eot=1`` is one draw per step. Prompts move
-    with a geometric draw; features of fixed references (the clean image, targets) are
-    those of the untransformed images.
+    path or BPDA (docs/transforms.md), applied where the evaluation applies it (the image
+    at its own size). All draws come from the run seed and the sample ids. ``eot=0``
+    (default) is the plain attack; ``eot=1`` is one draw per step. The clean image's
+    features the loss compares with get the same draw (f(T(x_adv)) against f(T(x))) and
+    prompts move with a geometric draw; other images' features (AA's and PATA's targets,
+    UAD's deformed target) are those of the untransformed images.
     """
 
     eps: float = budget_field(8 / 255)  # eps=8, eps=8/255 and --eps 8 agree
