@@ -219,9 +219,9 @@ class Attack(ABC):
         self.config = config if config is not None else self.Config()
         self._view: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._reference_frame_adv: torch.Tensor | None = None
-        self._eot: tuple[int, list[Any], np.random.Generator] | None = None
+        self._eot: tuple[int, list[Any], list[np.random.Generator]] | None = None
         self._eot_geometry: list[Any] | None = None
-        self._eot_current: tuple[Any, int] | None = None
+        self._eot_current: tuple[tuple[Any, int], ...] | None = None
         self._eot_full: tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ the maths
@@ -278,9 +278,9 @@ class Attack(ABC):
             return loss, grad
         losses, grad = [], torch.zeros_like(x_adv)
         draws = self.eot_draws()
-        for transform, seed in draws:
-            z, self._eot_geometry = self.eot_apply(inp, transform, seed)
-            self._eot_current = (transform, seed)
+        for draw in draws:
+            z, self._eot_geometry = self.eot_apply(inp, draw)
+            self._eot_current = draw
             try:
                 loss = loss_fn(z)
             finally:
@@ -290,24 +290,29 @@ class Attack(ABC):
             losses.append(loss.detach())
         return torch.stack(losses).mean(0), grad
 
-    def eot_apply(self, inp: torch.Tensor, transform: Any, seed: int) -> tuple[Any, Any]:
-        """One EOT draw (``transform``, its generator's ``seed``) applied to the image whose
-        iterate (or clean image) in perturb's frame is ``inp``, where the evaluation applies
-        it: at the image's own size, then into the surrogate's frame (``attack_space=model``);
-        returns what the surrogate sees and the draw's geometry in that frame (or None)."""
-        rng = np.random.default_rng(seed)
-        if self._eot_full is None:
-            return transform.torch_geometry(self.view(inp), rng)
-        full, fhw = self._eot_full
-        big, geometry = transform.torch_geometry(full(inp), rng)
-        if geometry is not None:
-            fy, fx = fhw[0] / big.shape[-2], fhw[1] / big.shape[-1]
-            geometry = [
+    def eot_apply(self, inp: torch.Tensor, draw: Sequence[tuple[Any, int]]) -> tuple[Any, Any]:
+        """One EOT draw — per batch image a (transform, seed of its generator) — applied to
+        the images whose iterate (or clean image) in perturb's frame is ``inp``, where the
+        evaluation applies it: at the image's own size, then into the surrogate's frame
+        (``attack_space=model``). Returns what the surrogate sees and the draw's geometry
+        per image in that frame (None where nothing moved; None for all when none did)."""
+        z = self.view(inp) if self._eot_full is None else self._eot_full[0](inp)
+        outs, geos = [], []
+        for i, (transform, seed) in enumerate(draw):
+            y, g = transform.torch_geometry(z[i : i + 1], np.random.default_rng(seed))
+            outs.append(y)
+            geos.append(None if g is None else g[0])
+        y = torch.cat(outs)
+        if self._eot_full is not None:
+            fhw = self._eot_full[1]
+            fy, fx = fhw[0] / y.shape[-2], fhw[1] / y.shape[-1]
+            geos = [
                 g
                 and dataclasses.replace(g, tx=g.tx * fx, ty=g.ty * fy, height=fhw[0], width=fhw[1])
-                for g in geometry
+                for g in geos
             ]
-        return resample(big, fhw), geometry
+            y = resample(y, fhw)
+        return y, (geos if any(g is not None for g in geos) else None)
 
     def eot_reference(self, plain: Any, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
         """A fixed reference of a loss made from the clean image ``x`` (``plain`` = ``fn(x)``,
@@ -316,20 +321,23 @@ class Attack(ABC):
         stays aligned). Call it inside the loss function."""
         if self._eot_current is None:
             return plain
-        transform, seed = self._eot_current
         with torch.no_grad():
-            z, _ = self.eot_apply(x, transform, seed)
+            z, _ = self.eot_apply(x, self._eot_current)
             return fn(z.detach())
 
-    def eot_draws(self) -> list[tuple[Any, int]]:
-        """One step's EOT draws: N (transform, seed of its random draw) pairs, the
-        transforms cycling through a fresh random order of the list."""
-        n, transforms, rng = self._eot
-        order: list[int] = []
-        while len(order) < n:
-            order += [int(i) for i in rng.permutation(len(transforms))]
-        seeds = rng.integers(0, 2**63, size=n)
-        return [(transforms[order[i]], int(seeds[i])) for i in range(n)]
+    def eot_draws(self) -> list[tuple[tuple[Any, int], ...]]:
+        """One step's N EOT draws; a draw holds, per batch image, a (transform, seed of its
+        random draw) from that image's own generator (a result does not depend on its batch
+        mates), the transforms cycling through a fresh random order of the list."""
+        n, transforms, rngs = self._eot
+        per_image = []
+        for rng in rngs:
+            order: list[int] = []
+            while len(order) < n:
+                order += [int(i) for i in rng.permutation(len(transforms))]
+            seeds = rng.integers(0, 2**63, size=n)
+            per_image.append([(transforms[order[d]], int(seeds[d])) for d in range(n)])
+        return [tuple(p[d] for p in per_image) for d in range(n)]
 
     def frame(self, surrogate: Any, hw: tuple[int, int]) -> tuple[int, int] | None:
         """The (h, w) the perturbation is optimised at when it differs from the image's
@@ -399,7 +407,8 @@ class Attack(ABC):
         self._eot = None
         if getattr(self.config, "eot", 0):
             ts = eot_transforms(self.config.eot_transforms)
-            self._eot = (self.config.eot, ts, ctx.rng("eot"))
+            rngs = [AttackContext([sid], ctx.seed).rng("eot") for sid in ctx.sample_ids]
+            self._eot = (self.config.eot, ts, rngs)
             surrogate = EOTSurrogate(surrogate, self)
         try:
             with torch.enable_grad():
