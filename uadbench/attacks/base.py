@@ -63,7 +63,7 @@ class AttackConfig:
     multiple of the list's length, used equally often; a random transform such as
     random-resize-pad gets a fresh draw each time), through the transform's differentiable
     path or BPDA (docs/transforms.md), applied where the evaluation applies it (the image
-    at its own size). All draws come from the run seed and the sample ids. ``eot=0``
+    at its own size). All draws come from the run seed and the sample id (per image). ``eot=0``
     (default) is the plain attack; ``eot=1`` is one draw per step. The clean image's
     features the loss compares with get the same draw (f(T(x_adv)) against f(T(x))) and
     prompts move with a geometric draw; other images' features (AA's and PATA's targets,
