@@ -254,3 +254,40 @@ def test_clean_references_get_the_same_draw_as_the_iterate(name):
         assert not torch.equal(ref, x)
         pads.add(pad.numpy().tobytes())
     assert len(pads) > 1  # and the draws differ
+
+
+class _ShiftByDraw(Transform):
+    """Moves the image right by a drawn 2..9 px (a per-image geometry)."""
+
+    name = "shift-by-draw-test"
+
+    def torch_geometry(self, x, rng):
+        s = int(rng.integers(2, 10))
+        h, w = x.shape[-2:]
+        return torch.nn.functional.pad(x[..., :-s], (s, 0)), [Geometry(1.0, 1.0, s, 0.0, h, w)]
+
+
+def test_prompts_of_a_batch_with_a_prompt_less_image_get_their_own_image_s_draw(monkeypatch):
+    from uadbench.eval.prompts import PromptSet
+
+    imgs = [random_image(32, 32, 10), random_image(32, 32, 11)]
+    ctx = make_context(["a", "b"], imgs)
+    ctx.prompts[0] = PromptSet.from_lists()  # image a has no prompt: attack-sam skips it
+    sur = TinyViTSurrogate(depth=2)
+    got, real = [], sur.mask_logits
+
+    def spy(x, prompts):
+        got.append((x.detach().clone(), prompts[0].coords.copy()))
+        return real(x, prompts)
+
+    monkeypatch.setattr(sur, "mask_logits", spy)
+    monkeypatch.setattr(
+        "uadbench.attacks.base.eot_transforms", lambda specs: [_ShiftByDraw()] * len(specs)
+    )
+    build("attack-sam:steps=1,eot=3,eot_transforms=identity")(imgs, sur, ctx)
+    assert len(got) == 3
+    for x, coords in got:
+        # the shift of image b in this draw: its first columns are the zero padding
+        s = int((x[0].abs().sum((0, 1)) == 0).sum())
+        moved = ctx.prompts[1].coords + np.array([s, 0.0, s, 0.0])
+        assert np.allclose(coords, moved, equal_nan=True)

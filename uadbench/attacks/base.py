@@ -222,6 +222,7 @@ class Attack(ABC):
         self._eot: tuple[int, list[Any], list[np.random.Generator]] | None = None
         self._eot_geometry: list[Any] | None = None
         self._eot_current: tuple[tuple[Any, int], ...] | None = None
+        self._eot_seen: torch.Tensor | None = None  # what the surrogate sees in this draw
         self._eot_full: tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ the maths
@@ -280,11 +281,11 @@ class Attack(ABC):
         draws = self.eot_draws()
         for draw in draws:
             z, self._eot_geometry = self.eot_apply(inp, draw)
-            self._eot_current = draw
+            self._eot_current, self._eot_seen = draw, z.detach()
             try:
                 loss = loss_fn(z)
             finally:
-                self._eot_geometry = self._eot_current = None
+                self._eot_geometry = self._eot_current = self._eot_seen = None
             (g,) = torch.autograd.grad(loss.sum(), x_adv)
             grad += g / len(draws)
             losses.append(loss.detach())
@@ -442,9 +443,15 @@ class EOTSurrogate:
             return attr
 
         def moved(x: torch.Tensor, per_image: Sequence[Any], *a: Any, **kw: Any) -> Any:
-            geos = self._attack._eot_geometry
-            if geos is not None:
-                per_image = [p if g is None else _move(p, g) for p, g in zip(per_image, list(geos))]
+            geos, z = self._attack._eot_geometry, self._attack._eot_seen
+            if geos is not None and z is not None:
+                # the batch images the call is about (attack-sam skips prompt-less ones)
+                rows = range(len(geos))
+                if len(per_image) != len(geos):
+                    rows = [next(j for j in range(len(z)) if torch.equal(r, z[j])) for r in x]
+                per_image = [
+                    p if geos[j] is None else _move(p, geos[j]) for p, j in zip(per_image, rows)
+                ]
             return attr(x, per_image, *a, **kw)
 
         return moved
