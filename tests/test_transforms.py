@@ -206,3 +206,12 @@ def test_torch_paths_follow_the_input_dtype_and_device(spec):
     x = to_t(natural(16, 24)).double()
     y = make(spec).torch(x, rng())
     assert y.dtype == torch.float64 and y.device == x.device and y.shape == x.shape
+
+
+def test_webp_without_pillow_support_is_a_one_line_error(monkeypatch):
+    from PIL import features
+
+    monkeypatch.setattr(features, "check", lambda name: name != "webp")
+    with pytest.raises(ConfigError, match="without WebP support") as err:
+        make("webp")
+    assert "\n" not in str(err.value)
