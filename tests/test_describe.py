@@ -192,7 +192,7 @@ def test_a_third_party_plugin_is_described_from_its_source_without_importing_it(
     monkeypatch.syspath_prepend(str(tmp_path))
     ATTACKS.register("blur", "blurplug.attack:Blur", source="blurplug", summary="blurs")
     try:
-        assert main(["describe", "blur"]) == 0
+        assert main(["describe", "blur", "--kind", "attack"]) == 0  # blur is also a transform
         out = capsys.readouterr().out
         assert "blurplug.attack" not in sys.modules
         rows = {line.split()[0]: line for line in out.splitlines() if line and line[0].isalpha()}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from fractions import Fraction
@@ -65,9 +66,13 @@ def _split_top_level(text: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+_FIRST_OPTION = re.compile(r":(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)")
+
+
 def parse_spec(text: str) -> Spec:
-    """Parse ``name[:k=v,k=v]``. A name may itself contain ``:`` (``hf:facebook/sam``):
-    the options start after the last ``:`` that is followed by ``key=``."""
+    """Parse ``name[:k=v,k=v]``. A name may itself contain ``:`` (``hf:facebook/sam``) and
+    so may a value (``eot_transforms=jpeg:q=50``): the options start after the first ``:``
+    followed by ``key=`` (a key is a Python-style name)."""
     text = text.strip()
     if not text:
         raise ConfigError("empty plugin name")
@@ -77,6 +82,11 @@ def parse_spec(text: str) -> Spec:
         tail = text[idx + 1 :]
         if "=" in tail.split(",")[0]:
             name, opts = text[:idx], tail
+            # an option's value may itself be a spec (eot_transforms=jpeg:q=50): the options
+            # start at the first ``:`` followed by ``key=`` of a key-shaped name
+            first = _FIRST_OPTION.search(text)
+            if first is not None and first.start() < idx:
+                name, opts = text[: first.start()], text[first.start() + 1 :]
             break
         idx = text.rfind(":", 0, idx)
     overrides = []

@@ -280,6 +280,8 @@ def _merge(
 def _pretty_default(text: str) -> str:
     """A default the way a spec writes it: ``8 / 255`` → ``8/255``, ``False`` → ``false``;
     other defaults as written in the source."""
+    if text.strip() in ("()", "[]"):
+        return "[]"  # an empty list, as a spec writes it (taps=[2,3]) and format_value does
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if m:
         return f"{m.group(1)}/{m.group(2)}"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import budget_field
+from ..config import budget_field, late_field, split_specs
 from ..eval.prompts import PromptSet
 
 #: where the perturbation is optimised: at the image's own resolution, or in the
@@ -54,6 +54,20 @@ class AttackConfig:
 
     ``output``: "exact" (default) or "reference" (see ``OUTPUTS``; with it every image
     is attacked in the surrogate's frame, enlarged ones too, as the reference does).
+
+    ``eot``, ``eot_transforms``: expectation over transformation (Athalye et al. 2018), the
+    adaptive attack against an input transform. With ``eot=N`` (N >= 1) every gradient step
+    uses the mean of N gradients, each of the loss on T(x_adv) for one draw T of the listed
+    transforms (``eot_transforms=jpeg:q=75|blur:sigma=1``; the draws of a step cycle through
+    a fresh random order of the list, so each transform is equally likely and, with N a
+    multiple of the list's length, used equally often; a random transform such as
+    random-resize-pad gets a fresh draw each time), through the transform's differentiable
+    path or BPDA (docs/transforms.md), applied where the evaluation applies it (the image
+    at its own size). All draws come from the run seed and the sample id (per image). ``eot=0``
+    (default) is the plain attack; ``eot=1`` is one draw per step. The clean image's
+    features the loss compares with get the same draw (f(T(x_adv)) against f(T(x))) and
+    prompts move with a geometric draw; other images' features (AA's and PATA's targets,
+    UAD's deformed target) are those of the untransformed images.
     """
 
     eps: float = budget_field(8 / 255)  # eps=8, eps=8/255 and --eps 8 agree
@@ -66,6 +80,11 @@ class AttackConfig:
     """Where δ is optimised: "model" (the surrogate's input frame) or "image" (own size)."""
     output: str = "exact"
     """How the uint8 image is saved: "exact" (budget holds) or "reference" (the reference's)."""
+    eot: int = late_field(0)
+    """Expectation over transformation: gradients averaged per step over this many draws of
+    eot_transforms (0: off)."""
+    eot_transforms: tuple[str, ...] = late_field(())
+    """Transforms EOT draws from, separated by | (e.g. jpeg:q=75|blur:sigma=1)."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.eps <= 1):
@@ -78,6 +97,36 @@ class AttackConfig:
             raise ValueError(
                 f"attack_space={self.attack_space!r} must be one of {', '.join(ATTACK_SPACES)}"
             )
+        self._check_eot()
+
+    def _check_eot(self) -> None:
+        """EOT's settings, every transform resolved up front (a value split at its commas,
+        ``[random-resize-pad:min_scale=0.5,fill=0]``, is put back together)."""
+        specs = tuple(split_specs(",".join(self.eot_transforms)))
+        object.__setattr__(self, "eot_transforms", specs)
+        if self.eot < 0:
+            raise ValueError(f"eot={self.eot} must be >= 0 (0: off, N: draws per step)")
+        if self.eot and not specs:
+            raise ValueError(f"eot={self.eot} needs eot_transforms=SPEC|SPEC (e.g. jpeg:q=75)")
+        if specs and not self.eot:
+            raise ValueError("eot_transforms is set but eot=0: set eot=N draws per step")
+        if specs:
+            eot_transforms(specs)
+
+
+def eot_transforms(specs: Sequence[str]) -> list[Any]:
+    """The transforms of EOT specs, configured (a clear error for a bad one)."""
+    from ..engine.plan import resolve
+    from ..errors import UadbenchError
+
+    out = []
+    for spec in specs:
+        try:
+            p = resolve("transform", spec)
+        except UadbenchError as exc:
+            raise ValueError(f"eot_transforms: {str(exc).splitlines()[0]}") from None
+        out.append(p.cls(p.config))
+    return out
 
 
 @dataclasses.dataclass
@@ -170,6 +219,11 @@ class Attack(ABC):
         self.config = config if config is not None else self.Config()
         self._view: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._reference_frame_adv: torch.Tensor | None = None
+        self._eot: tuple[int, list[Any], list[np.random.Generator]] | None = None
+        self._eot_geometry: list[Any] | None = None
+        self._eot_current: tuple[tuple[Any, int], ...] | None = None
+        self._eot_seen: torch.Tensor | None = None  # what the surrogate sees in this draw
+        self._eot_full: tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ the maths
     @abstractmethod
@@ -199,13 +253,92 @@ class Attack(ABC):
         sign = 1.0 if maximize else -1.0
         for i in range(steps):
             x_adv.requires_grad_(True)
-            loss = loss_fn(self.view(x_adv))
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            _, grad = self.loss_grad(x_adv, loss_fn)
             with torch.no_grad():
                 x_adv = self.project(x_adv + sign * cfg.alpha * grad.sign(), x)
             if on_step is not None:
                 on_step(i, x_adv)
         return x_adv.detach()
+
+    def loss_grad(
+        self,
+        x_adv: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        inp: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-image loss on what the surrogate sees of ``inp`` (default ``x_adv``, a
+        function of it) and the gradient of its sum w.r.t. ``x_adv``: the one place a step's
+        gradient is made. Under EOT (``eot=N``) both are means over N transform draws, each
+        applied where the evaluation applies it: to the image at its own size (with
+        ``attack_space=model``, clean + upsampled δ, transformed, then resized into the
+        surrogate's frame), moving prompts with a geometric draw."""
+        inp = x_adv if inp is None else inp
+        if self._eot is None:
+            loss = loss_fn(self.view(inp))
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            return loss, grad
+        losses, grad = [], torch.zeros_like(x_adv)
+        draws = self.eot_draws()
+        for draw in draws:
+            z, self._eot_geometry = self.eot_apply(inp, draw)
+            self._eot_current, self._eot_seen = draw, z.detach()
+            try:
+                loss = loss_fn(z)
+            finally:
+                self._eot_geometry = self._eot_current = self._eot_seen = None
+            (g,) = torch.autograd.grad(loss.sum(), x_adv)
+            grad += g / len(draws)
+            losses.append(loss.detach())
+        return torch.stack(losses).mean(0), grad
+
+    def eot_apply(self, inp: torch.Tensor, draw: Sequence[tuple[Any, int]]) -> tuple[Any, Any]:
+        """One EOT draw — per batch image a (transform, seed of its generator) — applied to
+        the images whose iterate (or clean image) in perturb's frame is ``inp``, where the
+        evaluation applies it: at the image's own size, then into the surrogate's frame
+        (``attack_space=model``). Returns what the surrogate sees and the draw's geometry
+        per image in that frame (None where nothing moved; None for all when none did)."""
+        z = self.view(inp) if self._eot_full is None else self._eot_full[0](inp)
+        outs, geos = [], []
+        for i, (transform, seed) in enumerate(draw):
+            y, g = transform.torch_geometry(z[i : i + 1], np.random.default_rng(seed))
+            outs.append(y)
+            geos.append(None if g is None else g[0])
+        y = torch.cat(outs)
+        if self._eot_full is not None:
+            fhw = self._eot_full[1]
+            fy, fx = fhw[0] / y.shape[-2], fhw[1] / y.shape[-1]
+            geos = [
+                g
+                and dataclasses.replace(g, tx=g.tx * fx, ty=g.ty * fy, height=fhw[0], width=fhw[1])
+                for g in geos
+            ]
+            y = resample(y, fhw)
+        return y, (geos if any(g is not None for g in geos) else None)
+
+    def eot_reference(self, plain: Any, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+        """A fixed reference of a loss made from the clean image ``x`` (``plain`` = ``fn(x)``,
+        computed once): ``plain`` itself, or inside an EOT draw ``fn`` of the clean image
+        under that same draw, so the loss compares T(x_adv) with T(x) (a geometric draw
+        stays aligned). Call it inside the loss function."""
+        if self._eot_current is None:
+            return plain
+        with torch.no_grad():
+            z, _ = self.eot_apply(x, self._eot_current)
+            return fn(z.detach())
+
+    def eot_draws(self) -> list[tuple[tuple[Any, int], ...]]:
+        """One step's N EOT draws; a draw holds, per batch image, a (transform, seed of its
+        random draw) from that image's own generator (a result does not depend on its batch
+        mates), the transforms cycling through a fresh random order of the list."""
+        n, transforms, rngs = self._eot
+        per_image = []
+        for rng in rngs:
+            order: list[int] = []
+            while len(order) < n:
+                order += [int(i) for i in rng.permutation(len(transforms))]
+            seeds = rng.integers(0, 2**63, size=n)
+            per_image.append([(transforms[order[d]], int(seeds[d])) for d in range(n)])
+        return [tuple(p[d] for p in per_image) for d in range(n)]
 
     def frame(self, surrogate: Any, hw: tuple[int, int]) -> tuple[int, int] | None:
         """The (h, w) the perturbation is optimised at when it differs from the image's
@@ -247,10 +380,12 @@ class Attack(ABC):
             dy = round_trip_matrix(fhw[0], hw[0], x.device)
             dx = round_trip_matrix(fhw[1], hw[1], x.device)
             self._view = lambda z: small + torch.matmul(torch.matmul(dy, z - small), dx.T)
+            if self._eot is not None:  # EOT transforms the saved image, at its own size
+                self._eot_full = (lambda z: x + resample(z - small, hw), fhw)
             try:
                 small_adv = self.perturb(small, surrogate, ctx)
             finally:
-                self._view = None
+                self._view = self._eot_full = None
         return x + resample(small_adv - small, hw)
 
     def view(self, x_adv: torch.Tensor) -> torch.Tensor:
@@ -270,8 +405,17 @@ class Attack(ABC):
         x = to_tensor(images, device)
         torch.manual_seed(int(ctx.rng("torch").integers(0, 2**62)))
         self._reference_frame_adv = None
-        with torch.enable_grad():
-            x_adv = self.perturb_in_space(x, surrogate, ctx)
+        self._eot = None
+        if getattr(self.config, "eot", 0):
+            ts = eot_transforms(self.config.eot_transforms)
+            rngs = [AttackContext([sid], ctx.seed).rng("eot") for sid in ctx.sample_ids]
+            self._eot = (self.config.eot, ts, rngs)
+            surrogate = EOTSurrogate(surrogate, self)
+        try:
+            with torch.enable_grad():
+                x_adv = self.perturb_in_space(x, surrogate, ctx)
+        finally:
+            self._eot = None
         if self._reference_frame_adv is not None:
             return reference_output(self._reference_frame_adv, tuple(x.shape[-2:]))
         out = to_uint8(self.project(x_adv.float(), x))
@@ -283,3 +427,39 @@ class Attack(ABC):
             hi = np.clip(clean.astype(np.int16) + r, 0, 255)
             res.append(np.clip(adv.astype(np.int16), lo, hi).astype(np.uint8))
         return res
+
+
+class EOTSurrogate:
+    """The surrogate under EOT: itself, but prompts (``mask_logits``) and point groups
+    (``point_group_logits``) move with the current draw's geometry (random-resize-pad),
+    so a prompt-specific loss still points at the object it was placed on."""
+
+    def __init__(self, inner: Any, attack: Attack):
+        self._inner, self._attack = inner, attack
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in ("mask_logits", "point_group_logits"):
+            return attr
+
+        def moved(x: torch.Tensor, per_image: Sequence[Any], *a: Any, **kw: Any) -> Any:
+            geos, z = self._attack._eot_geometry, self._attack._eot_seen
+            if geos is not None and z is not None:
+                # the batch images the call is about (attack-sam skips prompt-less ones)
+                rows = range(len(geos))
+                if len(per_image) != len(geos):
+                    rows = [next(j for j in range(len(z)) if torch.equal(r, z[j])) for r in x]
+                per_image = [
+                    p if geos[j] is None else _move(p, geos[j]) for p, j in zip(per_image, rows)
+                ]
+            return attr(x, per_image, *a, **kw)
+
+        return moved
+
+
+def _move(p: Any, g: Any) -> Any:
+    """A PromptSet or an (K, 2) array of (x, y) points moved by the Geometry ``g``."""
+    if isinstance(p, PromptSet):
+        coords = p.coords * np.array([g.sx, g.sy, g.sx, g.sy]) + np.array([g.tx, g.ty] * 2)
+        return PromptSet(p.kinds, coords, p.mask_index, p.labels)
+    return g.points(np.asarray(p))

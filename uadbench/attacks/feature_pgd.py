@@ -267,6 +267,15 @@ class FeaturePGD(FeatureAttack):
         taps = resolve_taps(surrogate, self.config.taps)
         ref = self.ref_feats(surrogate, x, taps)
         x_init = signed_noise_init(x, ctx, self.config.alpha / 2)
+
+        def refs(c: torch.Tensor) -> list[torch.Tensor]:
+            return self.ref_feats(surrogate, c, taps)
+
         return self.run_pgd(
-            x, lambda xa: feature_distance(self.feats(surrogate, xa, taps), ref), True, x_init
+            x,
+            lambda xa: feature_distance(
+                self.feats(surrogate, xa, taps), self.eot_reference(ref, refs, x)
+            ),
+            True,
+            x_init,
         )

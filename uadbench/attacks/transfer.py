@@ -98,18 +98,21 @@ class TAP(FeatureAttack):
     def perturb(self, x: torch.Tensor, surrogate, ctx: AttackContext) -> torch.Tensor:
         cfg = self.config
         taps = resolve_taps(surrogate, cfg.taps)
-        clean = self.ref_feats(surrogate, x, taps)
-        t_clean = [power_transform(f, cfg.tap_alpha) for f in clean]
+
+        def refs(c: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            feats = self.ref_feats(surrogate, c, taps)
+            return feats, [power_transform(f, cfg.tap_alpha) for f in feats]
+
+        clean, t_clean = refs(x)
         std = torch.tensor(cfg.pixel_std, device=x.device).view(1, -1, 1, 1) / 255.0
         x_init = x + sample_randn(ctx, x.shape[1:], "init", x.device) * cfg.init_noise * std
         frame = encoder_frame(surrogate, tuple(x.shape[-2:]))
 
         def loss(xa: torch.Tensor) -> torch.Tensor:
             adv = self.feats(surrogate, xa, taps)
-            t_adv = [
-                power_transform(self._mixed(fa, fc), cfg.tap_alpha) for fa, fc in zip(adv, clean)
-            ]
-            return stacked_distance(t_adv, t_clean) - self.smoothness(x, xa, frame)
+            cl, t_cl = self.eot_reference((clean, t_clean), refs, x)  # T(x) under EOT
+            t_adv = [power_transform(self._mixed(fa, fc), cfg.tap_alpha) for fa, fc in zip(adv, cl)]
+            return stacked_distance(t_adv, t_cl) - self.smoothness(x, xa, frame)
 
         return self.run_pgd(x, loss, maximize=True, x_init=x_init)
 

@@ -515,6 +515,13 @@ class UAD(FeatureAttack):
             di_scale = (
                 di_scale * torch.tensor(cfg.pixel_std, device=x.device).view(1, -1, 1, 1) / 255
             )
+        adv: list[torch.Tensor] = []
+
+        def fidelity(z: torch.Tensor) -> torch.Tensor:  # per image; EOT-averaged in loss_grad
+            adv[:] = self.feats(surrogate, z, taps)
+            cl = self.eot_reference(clean, lambda c: self.ref_feats(surrogate, c, taps), x)
+            return fidelity_loss(adv, target, cl) * scale
+
         for t in range(steps):
             noise = None
             if cfg.use_di:
@@ -523,9 +530,8 @@ class UAD(FeatureAttack):
                     x_adv, noise = (x_adv.detach() + noise), None
             x_adv.requires_grad_(True)
             inp = x_adv if noise is None else x_adv + noise
-            adv = self.feats(surrogate, self.view(inp), taps)
-            loss = fidelity_loss(adv, target, clean)
-            (grad,) = torch.autograd.grad(loss.sum() * scale, x_adv)
+            loss, grad = self.loss_grad(x_adv, fidelity, inp)
+            loss = loss / scale
             if target_graph is not None:
                 term = -tap_cosine([a.detach() for a in adv], target_graph)
                 point_term = term if point_term is None else point_term + term

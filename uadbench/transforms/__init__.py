@@ -15,3 +15,17 @@ TRANSFORMS.register(
     aliases=("none",),
     summary="the image as it is (the default evaluation)",
 )
+for _name, _cls, _summary in (
+    ("jpeg", "JPEG", "JPEG encode/decode at quality q (Pillow)"),
+    ("webp", "WebP", "lossy WebP encode/decode at quality q (Pillow)"),
+    ("resize", "Resize", "down-sample by scale and back up (bilinear, antialiased)"),
+    ("blur", "Blur", "Gaussian blur of standard deviation sigma (torchvision)"),
+    ("median", "Median", "k x k median filter (Pillow)"),
+    ("bitdepth", "BitDepth", "keep 2^bits levels per channel (feature squeezing)"),
+    (
+        "random-resize-pad",
+        "RandomResizePad",
+        "random shrink pasted at a random offset (Xie et al. 2018), seeded",
+    ),
+):
+    TRANSFORMS.register(_name, f"uadbench.transforms.image:{_cls}", summary=_summary)

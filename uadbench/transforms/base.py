@@ -115,6 +115,12 @@ class Transform:
             )
         return x + (y - x).detach()
 
+    def torch_geometry(self, x: Any, rng: np.random.Generator) -> tuple[Any, list | None]:
+        """:meth:`torch` and, for a transform that moves pixels, one :class:`Geometry` per
+        batch item (``None``: the pixels stayed where they were), so an attack under EOT can
+        move its prompts with the draw."""
+        return self.torch(x, rng), None
+
 
 class Identity(Transform):
     """The image as it is: the evaluation without a transform."""
