@@ -69,11 +69,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..errors import UadbenchError
-    from ..store.rundir import load_manifest, load_rows
+    from ..store.rundir import load_manifest, load_unit_rows
     from .stats import all_pairs, compare_pairs, render_compare
 
     man = load_manifest(args.run)
-    rows = load_rows(args.run)
+    rows = load_unit_rows(args.run)  # (victim, transform) is the unit compared within
     if args.all:
         if args.a or args.b:
             raise UadbenchError("--all compares every pair of attacks; drop --a/--b")

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UadbenchError
-from ..store.rundir import FAILURES, atomic_write_bytes, load_manifest, load_rows
+from ..store.rundir import FAILURES, atomic_write_bytes, load_manifest, load_unit_rows
 from ..store.schema import CLEAN
 from .leaderboard import leaderboard_table, manifest_orders, render
 from .plots import figure_png, run_figures
@@ -235,7 +235,7 @@ def html_report(
     )
 
     run_dir = Path(run_dir)
-    manifest, rows = load_manifest(run_dir), load_rows(run_dir)
+    manifest, rows = load_manifest(run_dir), load_unit_rows(run_dir)
     aorder, vorder = manifest_orders(manifest)
     table = leaderboard_table(
         rows, attack_order=aorder, victim_order=vorder, metrics=metrics, alpha=alpha
