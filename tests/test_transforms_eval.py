@@ -266,6 +266,29 @@ def test_run_with_transforms_attacks_once_and_keys_rows_by_transform(tmp_path, m
     ]
     text = api.leaderboard(out)
     assert f"{TINY} | tt-darken[level=60]" in text
+    # `show --transform` draws what the victims saw under that transform
+    from uadbench.report import panel
+
+    seen = []
+    real = panel.build_panel
+
+    def spy(clean, adv, vms, prompts, **kw):
+        seen.append((clean, vms))
+        return real(clean, adv, vms, prompts, **kw)
+
+    monkeypatch.setattr(panel, "build_panel", spy)
+    sid = str(rows["sample_id"].iloc[0])
+    p_dark = panel.show(out, sid, transform="tt-darken:level=60")
+    panel.show(out, sid)
+    panel.show(out, sid, transform="tt-shift")
+    assert p_dark.name.endswith("tt-darken_level_60.png") or "tt-darken" in p_dark.name
+    assert seen[0][0].mean() < seen[1][0].mean() - 20  # the darkened image was drawn
+    # the drawn IoUs are the rows of that transform
+    dark_adv = rows[(rows["transform"] == "tt-darken[level=60]") & (rows.attack != "clean")]
+    assert seen[0][1][0].adv_iou[0] in set(dark_adv["iou"])
+    assert seen[2][0].shape == seen[1][0].shape  # a moved image is drawn in its frame
+    with pytest.raises(UadbenchError, match="no rows"):
+        panel.show(out, sid, transform="tt-darken:level=5")
 
 
 def test_identity_only_run_keeps_its_identity_paths_and_manifest(tmp_path):

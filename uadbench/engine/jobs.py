@@ -433,6 +433,56 @@ def map_prompts(prompts: PromptSet, geometry: Geometry | None) -> PromptSet:
     return PromptSet(prompts.kinds, coords, prompts.mask_index, prompts.labels)
 
 
+def through(
+    t: Plugin, image: np.ndarray, seed: int, sid: str, inst: Any = None
+) -> tuple[np.ndarray, Geometry | None]:
+    """``image`` through transform ``t`` with the draw of (run seed, sample, transform)
+    (:func:`transform_rng`): the same for the clean and every adversarial image of a
+    sample, so they stay paired. Returns the uint8 image and its Geometry (None: the
+    pixels stayed where they were)."""
+    if is_identity(t):
+        return image, None
+    inst = inst if inst is not None else t.cls(t.config)
+    out, geometry = inst.apply_geometry(image, transform_rng(seed, sid, t.hash))
+    out = np.asarray(out)
+    if out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3:
+        raise UadbenchError(
+            f"transform {t.label} returned {out.dtype} {out.shape}, not a uint8 (H, W, 3) image"
+        )
+    if geometry is None and out.shape != image.shape:
+        raise UadbenchError(
+            f"transform {t.label} changed the image size {image.shape[:2]} → "
+            f"{out.shape[:2]} without a Geometry saying where the pixels went"
+        )
+    return out, geometry
+
+
+def predict_through(
+    model: Any,
+    t: Plugin,
+    image: np.ndarray,
+    prompts: PromptSet,
+    seed: int,
+    sid: str,
+    inst: Any = None,
+) -> tuple[np.ndarray, float]:
+    """``model``'s masks (P, H, W) of ``image`` seen through transform ``t`` (:func:`through`),
+    in the frame of ``image``, and the prediction's wall time: a transform that moves
+    pixels has the prompts mapped into its output and the masks mapped back."""
+    h, w = image.shape[:2]
+    image, geometry = through(t, image, seed, sid, inst)
+    t0 = time.time()
+    masks = model.predict(image, map_prompts(prompts, geometry))
+    secs = time.time() - t0
+    if geometry is not None:
+        masks = (
+            np.stack([geometry.mask_back(m, h, w) for m in masks])
+            if len(masks)
+            else (np.zeros((0, h, w), dtype=bool))
+        )
+    return masks, secs
+
+
 class EvalWorker:
     """Holds one victim; evaluates the clean and adversarial images of a sample, each
     through the run's transforms."""
@@ -454,36 +504,10 @@ class EvalWorker:
         self, t: Plugin, image: np.ndarray, prompts: PromptSet, sid: str
     ) -> tuple[np.ndarray, float]:
         """The victim's masks (P, H, W) of ``image`` seen through transform ``t``, in the
-        frame of ``image``, and the prediction's wall time. The transform's draw depends on
-        the run seed, the sample and the transform only (:func:`transform_rng`), so the
-        clean and every adversarial image of a sample get the same one; a transform that
-        moves pixels has the prompts mapped into its output and the masks mapped back."""
-        geometry = None
-        if not is_identity(t):
-            rng = transform_rng(self.data.spec.seed, sid, t.hash)
-            out, geometry = self._transform(t).apply_geometry(image, rng)
-            out = np.asarray(out)
-            if out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3:
-                raise UadbenchError(
-                    f"transform {t.label} returned {out.dtype} {out.shape}, not a uint8 (H, W, 3) image"
-                )
-            if geometry is None and out.shape != image.shape:
-                raise UadbenchError(
-                    f"transform {t.label} changed the image size {image.shape[:2]} → "
-                    f"{out.shape[:2]} without a Geometry saying where the pixels went"
-                )
-            image = out
-        t0 = time.time()
-        masks = self.model.predict(image, map_prompts(prompts, geometry))
-        secs = time.time() - t0
-        if geometry is not None:
-            h, w = self.data.sample(sid).hw
-            masks = (
-                np.stack([geometry.mask_back(m, h, w) for m in masks])
-                if len(masks)
-                else (np.zeros((0, h, w), dtype=bool))
-            )
-        return masks, secs
+        frame of ``image``, and the prediction's wall time (:func:`predict_through`)."""
+        return predict_through(
+            self.model, t, image, prompts, self.data.spec.seed, sid, self._transform(t)
+        )
 
     def run(self, sid: str, jobs: list[EvalJob | Plugin | None]) -> JobResult:
         """Evaluate ``jobs`` ((transform, attack or None = clean); a bare attack is the
