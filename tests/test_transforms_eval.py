@@ -422,3 +422,21 @@ def test_leaderboard_and_compare_keep_transforms_apart():
     # a beats b (lower mIoU; delta + = a stronger) on the plain victim, b beats a under
     # JPEG: each unit compared within itself, never pooled
     assert c.loc["v", "delta"] > 30 and c.loc["v | jpeg[q=75]", "delta"] < -30
+
+
+def test_check_pairs_baseline_and_run_by_victim_and_transform():
+    from uadbench.report.check import check_rows
+
+    cells = {
+        ("clean", "identity", "v"): 100,
+        ("a", "identity", "v"): 10,
+        ("clean", "jpeg[q=75]", "v"): 100,
+        ("a", "jpeg[q=75]", "v"): 15,
+    }
+    base = as_units(_rows(cells, n_img=16))
+    # the attack stopped working under JPEG only (its mIoU there went back up)
+    cur = as_units(_rows({**cells, ("a", "jpeg[q=75]", "v"): 85}, n_img=16, seed=1))
+    ok, table = check_rows(cur, base, n_perm=2000)
+    verdict = table.drop_duplicates(["victim", "verdict"]).set_index("victim")["verdict"]
+    assert not ok
+    assert verdict["v | jpeg[q=75]"] == "REGRESSION" and verdict["v"] != "REGRESSION"

@@ -61,11 +61,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     )
 
 
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    """``r`` on :data:`COLUMNS`; a late column it lacks (or holds as None / NaN, as a frame
+    made before the column existed does) takes its default (:data:`LATE_COLUMNS`)."""
+    out = {c: r.get(c) for c in COLUMNS}
+    for c, default in LATE_COLUMNS.items():
+        v = out[c]
+        if v is None or (isinstance(v, float) and v != v):
+            out[c] = default
+    return out
+
+
 def write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows (dicts with :data:`COLUMNS`) as one Parquet file, atomically."""
-    table = pa.Table.from_pylist(
-        [{c: r.get(c, LATE_COLUMNS.get(c)) for c in COLUMNS} for r in rows], schema=ROW_SCHEMA
-    )
+    table = pa.Table.from_pylist([_row(r) for r in rows], schema=ROW_SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
