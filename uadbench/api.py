@@ -26,6 +26,7 @@ from .engine.plan import (
     check_weights,
     default_surrogate,
     expand_attacks,
+    expand_transforms,
     expand_victims,
     is_all,
     parse_eps_list,
@@ -35,7 +36,13 @@ from .engine.plan import (
 from .errors import ConfigError, RunDirError, UadbenchError
 from .store.lock import RunLock
 from .store.manifest import close_manifest, open_manifest
-from .store.rundir import compact_rows, load_manifest, load_rows, remove_orphan_temp_files
+from .store.rundir import (
+    compact_rows,
+    load_manifest,
+    load_rows,
+    load_unit_rows,
+    remove_orphan_temp_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +77,15 @@ def plan(
     eps: str | list[float] | None = None,
     strict: bool = False,
     protocol: str = "uadbench",
+    transforms: str | None = None,
 ) -> RunSpec:
     """Resolve names and options into a :class:`RunSpec`; loads no weight and no image.
-    ``protocol``: "uadbench" or "reference" (docs/reference-differences.md)."""
+    ``protocol``: "uadbench" or "reference" (docs/reference-differences.md).
+    ``transforms``: ``identity,jpeg:q=75,…`` — what each victim sees the clean and
+    adversarial images through (default: the identity alone; docs/transforms.md)."""
     eps_list = parse_eps_list(eps) if isinstance(eps, str) else eps
     check_protocol(protocol)
+    tfs = expand_transforms(transforms)
     ds = resolve("dataset", dataset)
     atk = expand_attacks(attacks, eps_list, protocol)
     vic, skipped = expand_victims(victims, strict=strict, protocol=protocol)
@@ -89,7 +100,15 @@ def plan(
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")
     return RunSpec(
-        ds, atk, vic, sur, seed=seed, limit=limit, skipped_victims=skipped, protocol=protocol
+        ds,
+        atk,
+        vic,
+        sur,
+        seed=seed,
+        limit=limit,
+        skipped_victims=skipped,
+        protocol=protocol,
+        transforms=tfs,
     )
 
 
@@ -113,8 +132,11 @@ def run(
     retry_failed: bool = False,
     executor_options: dict[str, Any] | None = None,
     protocol: str = "uadbench",
+    transforms: str | None = None,
 ) -> RunResult:
-    """Attack, evaluate and store; rerunning into the same ``out`` resumes.
+    """Attack, evaluate and store; rerunning into the same ``out`` resumes. ``transforms``
+    (``identity,jpeg:q=75``; default the identity alone) adds the evaluation axis:
+    adversarial images are made once and each victim sees them through each transform.
 
     Everything checkable — names, options, device, dtype, executor, the dataset (opens,
     has the samples), every victim's weights (found, load into the architecture) and
@@ -124,7 +146,9 @@ def run(
     Returns the run directory and a summary; ``result.ok`` is False when any job failed
     (failures are in ``failures.jsonl``).
     """
-    spec = plan(attacks, victims, dataset, surrogate, seed, limit, eps, strict, protocol)
+    spec = plan(
+        attacks, victims, dataset, surrogate, seed, limit, eps, strict, protocol, transforms
+    )
     spec.sample_ids = sample_ids
     return execute(
         spec,
@@ -192,6 +216,7 @@ def execute(
                 [v.record() for v in spec.victims],
                 seed,
                 device,
+                [t.record() for t in spec.transforms],
             )
         except BaseException as exc:
             lock.release()
@@ -252,14 +277,21 @@ def make_executor(name: str):
 
 def evaluate(
     run_dir: str | Path,
-    victims: str,
+    victims: str | None = None,
     device: str = "cpu",
     progress: bool = True,
     strict: bool = False,
+    transforms: str | None = None,
 ) -> RunResult:
-    """Add victims to an existing run without re-attacking (cached adversarial images).
-    The run's dataset, attacks and surrogate come from its manifest records
-    (:meth:`Plugin.from_record`), configured as the run ran them."""
+    """Add victims and/or transforms to an existing run without re-attacking (cached
+    adversarial images). The run's dataset, attacks and surrogate come from its manifest
+    records (:meth:`Plugin.from_record`), configured as the run ran them.
+
+    ``victims`` (default: the run's victims) are evaluated under ``transforms`` (default:
+    the run's transforms, the identity alone for a run that has none recorded)."""
+    if not victims and not transforms:
+        raise ConfigError("eval: name --victims to add, --transforms to add, or both")
+    tfs = expand_transforms(transforms) if transforms else None
     man = load_manifest(run_dir)
     if man.get("kind") != "run":
         raise UadbenchError(
@@ -267,11 +299,19 @@ def evaluate(
         )
     # victims added later run under the run's protocol (e.g. FastSAM's channel order)
     protocol = (man.get("identity") or {}).get("protocol", "uadbench")
-    vic, skipped = expand_victims(victims, strict=strict, protocol=protocol)
-    check_weights(vic)
     sur = Plugin.from_record("victim", man["surrogate"])
-    if is_all(victims):
-        vic = surrogate_first(vic, sur)
+    if victims:
+        vic, skipped = expand_victims(victims, strict=strict, protocol=protocol)
+        if is_all(victims):
+            vic = surrogate_first(vic, sur)
+    else:
+        vic, skipped = [Plugin.from_record("victim", v) for v in man.get("victims", [])], []
+        if not vic:
+            raise ConfigError(f"{run_dir} has no victims yet: name them with --victims")
+    check_weights(vic)
+    if tfs is None:
+        tfs = [Plugin.from_record("transform", t) for t in man.get("transforms", [])]
+        tfs = tfs or expand_transforms(None)
     spec = RunSpec(
         Plugin.from_record("dataset", man["dataset"]),
         [Plugin.from_record("attack", a) for a in man["attacks"]],
@@ -281,6 +321,7 @@ def evaluate(
         sample_ids=man.get("samples") or None,
         skipped_victims=skipped,
         protocol=protocol,
+        transforms=tfs,
     )
     return execute(spec, run_dir, device=device, progress=progress)
 
@@ -313,7 +354,7 @@ def compare(run_dir: str | Path, a: str, b: str, **kw: Any):
     from .report.stats import compare as _compare
 
     man = load_manifest(run_dir)
-    return _compare(load_rows(run_dir), a, b, pairing=man.get("pairing", "prompt"), **kw)
+    return _compare(load_unit_rows(run_dir), a, b, pairing=man.get("pairing", "prompt"), **kw)
 
 
 def check(run_dir: str | Path, baseline: str | Path, **kw: Any):

@@ -54,6 +54,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset", default="samples", help="dataset spec NAME[:k=v,...] (default: samples)"
     )
+    _add_transforms_arg(p)
     p.add_argument(
         "--surrogate",
         default=None,
@@ -107,6 +108,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_transforms_arg(p: argparse.ArgumentParser, default: str | None = "identity") -> None:
+    p.add_argument(
+        "--transforms",
+        "--transform",
+        dest="transforms",
+        default=default,
+        help="what each victim sees the clean and adversarial images through, e.g. "
+        "identity,jpeg:q=75,jpeg:q=50: one evaluation per transform, adversarial images made "
+        "once (default: identity; `uadbench ls transforms`, docs/transforms.md)",
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "seeds", None):
         return _run_seeds(args)
@@ -156,6 +169,7 @@ def _run_one(args: argparse.Namespace, seed: int, out: str | None, dirs: list | 
         retry_failed=args.retry_failed,
         executor_options=_executor_options(args),
         protocol=args.protocol,
+        transforms=args.transforms,
     )
     if dirs is not None:
         dirs.append(res.run_dir)
@@ -212,6 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         strict=args.strict,
+        transforms=args.transforms,
     )
     return _finish(res, args)
 
@@ -344,12 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="add victims to an existing run without re-attacking",
-        epilog="example:\n  uadbench eval results/my-run --victims sam-vit-h",
+        help="add victims or transforms to an existing run without re-attacking",
+        epilog="examples:\n  uadbench eval results/my-run --victims sam-vit-h\n"
+        "  uadbench eval results/my-run --transforms jpeg:q=75,jpeg:q=50",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir")
-    p.add_argument("--victims", required=True)
+    p.add_argument("--victims", default=None, help="victims to add (default: the run's)")
+    _add_transforms_arg(p, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--strict", action="store_true")
     p.add_argument("--no-progress", action="store_true")

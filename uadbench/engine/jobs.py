@@ -4,8 +4,11 @@ Two kinds of job, each writing one output atomically so that a run resumes exact
 
 * attack job (attack config × sample) → an adversarial PNG in the cache, made on the
   surrogate by an :class:`AttackWorker`;
-* evaluation job (victim × attack config or ``clean`` × sample) → one Parquet shard of
-  per-prompt rows, made by an :class:`EvalWorker` that holds one loaded victim.
+* evaluation job (victim × transform × attack config or ``clean`` × sample) → one Parquet
+  shard of per-prompt rows, made by an :class:`EvalWorker` that holds one loaded victim.
+  The transform (``--transforms``; the identity alone by default) is applied to the clean
+  and to the adversarial image alike, with the same seeded draw, right before the victim;
+  the adversarial image is the attack job's, whatever the transform.
 
 :func:`plan_jobs` lists what is still to do; a job whose output exists is done. A worker
 never raises for a job: it records the failure in ``failures.jsonl`` and returns it.
@@ -48,7 +51,11 @@ from ..store.rundir import (
     shard_path,
     write_shard,
 )
-from .plan import CLEAN, Plugin, RunSpec
+from ..transforms.base import Geometry, transform_rng
+from .plan import CLEAN, IDENTITY, Plugin, RunSpec, is_identity, transform_key
+
+#: one evaluation job of a sample on a victim: (transform, attack or None = clean)
+EvalJob = tuple[Plugin, "Plugin | None"]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +90,12 @@ class JobResult:
 @dataclasses.dataclass
 class Plan:
     """Pending work. ``attacks``: per attack, the sample ids still to attack.
-    ``evals``: per victim label, per sample id, the attacks (None = clean) to evaluate."""
+    ``evals``: per victim, per sample id, the (transform, attack or None = clean) jobs to
+    evaluate."""
 
     ids: list[str]
     attacks: list[tuple[Plugin, list[str]]]
-    evals: list[tuple[Plugin, dict[str, list[Plugin | None]]]]
+    evals: list[tuple[Plugin, dict[str, list[EvalJob]]]]
     attack_total: int
     eval_total: int
 
@@ -166,15 +174,25 @@ class RunData:
             code_key(attack.code, sur.code),
         )
 
-    def shard_file(self, victim: Plugin, attack: Plugin | None, sid: str) -> Path:
-        return shard_path(self.run_dir, victim.label, attack.key if attack else CLEAN, sid)
+    def shard_file(
+        self, victim: Plugin, attack: Plugin | None, sid: str, transform: Plugin | None = None
+    ) -> Path:
+        return shard_path(
+            self.run_dir,
+            victim.label,
+            attack.key if attack else CLEAN,
+            sid,
+            transform_key(transform),
+        )
 
-    def evaluated(self, victim: Plugin, attack: Plugin | None, sid: str) -> bool:
-        """Whether the rows of (victim, attack or clean, sample) are stored: a loose
-        shard, or the sample in the compacted file (:func:`compact_rows`)."""
-        if self.shard_file(victim, attack, sid).exists():
+    def evaluated(
+        self, victim: Plugin, attack: Plugin | None, sid: str, transform: Plugin | None = None
+    ) -> bool:
+        """Whether the rows of (victim, transform, attack or clean, sample) are stored: a
+        loose shard, or the sample in the compacted file (:func:`compact_rows`)."""
+        if self.shard_file(victim, attack, sid, transform).exists():
             return True
-        key = (victim.label, attack.key if attack else CLEAN)
+        key = (victim.label, attack.key if attack else CLEAN, transform_key(transform))
         if key not in self._compacted:
             self._compacted[key] = compacted_samples(self.run_dir, *key)
         return _safe(sid) in self._compacted[key]
@@ -199,7 +217,8 @@ class RunData:
 
 def failed_keys(run_dir: Path) -> set[tuple[str, ...]]:
     """Keys of the jobs recorded in ``failures.jsonl``: ("attack", label, sample) and
-    ("eval", victim, label, sample)."""
+    ("eval", victim, transform, label, sample) (a record without a transform, written
+    before the axis existed, is the identity's)."""
     path = Path(run_dir) / FAILURES
     out: set[tuple[str, ...]] = set()
     if not path.exists():
@@ -213,7 +232,15 @@ def failed_keys(run_dir: Path) -> set[tuple[str, ...]]:
         if rec.get("phase") == "attack":
             out.add(("attack", k.get("attack"), k.get("sample")))
         else:
-            out.add(("eval", k.get("victim"), k.get("attack"), k.get("sample")))
+            out.add(
+                (
+                    "eval",
+                    k.get("victim"),
+                    k.get("transform", IDENTITY),
+                    k.get("attack"),
+                    k.get("sample"),
+                )
+            )
     return out
 
 
@@ -234,7 +261,12 @@ def plan_jobs(data: RunData, only_failed: bool = False) -> Plan:
             sid
             for sid in ids
             if not data.adv_file(a, sid).exists()
-            and (not spec.victims or any(not data.evaluated(v, a, sid) for v in spec.victims))
+            and (
+                not spec.victims
+                or any(
+                    not data.evaluated(v, a, sid, t) for v in spec.victims for t in spec.transforms
+                )
+            )
         ]
         if only_failed:
             todo = [sid for sid in todo if (a.label, sid) in failed_attacks]
@@ -242,25 +274,25 @@ def plan_jobs(data: RunData, only_failed: bool = False) -> Plan:
             attacks.append((a, todo))
     evals = []
     for v in spec.victims:
-        by: dict[str, list[Plugin | None]] = defaultdict(list)
+        by: dict[str, list[EvalJob]] = defaultdict(list)
         for sid in ids:
-            for a in [None, *spec.attacks]:
-                if data.evaluated(v, a, sid):
-                    continue
-                label = a.label if a else CLEAN
-                if (
-                    only_failed
-                    and ("eval", v.label, label, sid) not in failed
-                    and (label, sid) not in failed_attacks
-                ):
-                    continue
-                by[sid].append(a)
+            for t in spec.transforms:
+                for a in [None, *spec.attacks]:
+                    if data.evaluated(v, a, sid, t):
+                        continue
+                    label = a.label if a else CLEAN
+                    if (
+                        only_failed
+                        and ("eval", v.label, t.label, label, sid) not in failed
+                        and (label, sid) not in failed_attacks
+                    ):
+                        continue
+                    by[sid].append((t, a))
         if by:
             evals.append((v, dict(by)))
     n = len(ids)
-    return Plan(
-        ids, attacks, evals, n * len(spec.attacks), n * len(spec.victims) * (1 + len(spec.attacks))
-    )
+    per_victim = len(spec.transforms) * (1 + len(spec.attacks))
+    return Plan(ids, attacks, evals, n * len(spec.attacks), n * len(spec.victims) * per_victim)
 
 
 class AttackWorker:
@@ -391,8 +423,69 @@ def record_perturbation(
         log.warning("perturbation metrics of %s on %s not recorded: %s", attack.label, sid, exc)
 
 
+def map_prompts(prompts: PromptSet, geometry: Geometry | None) -> PromptSet:
+    """``prompts`` (pixels of the original image) in the frame of a transformed image:
+    points and both box corners through ``geometry`` (unchanged when it is None)."""
+    if geometry is None:
+        return prompts
+    c = np.asarray(prompts.coords, dtype=np.float64)
+    coords = np.concatenate([geometry.points(c[:, :2]), geometry.points(c[:, 2:])], axis=1)
+    return PromptSet(prompts.kinds, coords, prompts.mask_index, prompts.labels)
+
+
+def through(
+    t: Plugin, image: np.ndarray, seed: int, sid: str, inst: Any = None
+) -> tuple[np.ndarray, Geometry | None]:
+    """``image`` through transform ``t`` with the draw of (run seed, sample, transform)
+    (:func:`transform_rng`): the same for the clean and every adversarial image of a
+    sample, so they stay paired. Returns the uint8 image and its Geometry (None: the
+    pixels stayed where they were)."""
+    if is_identity(t):
+        return image, None
+    inst = inst if inst is not None else t.cls(t.config)
+    out, geometry = inst.apply_geometry(image, transform_rng(seed, sid, t.hash))
+    out = np.asarray(out)
+    if out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3:
+        raise UadbenchError(
+            f"transform {t.label} returned {out.dtype} {out.shape}, not a uint8 (H, W, 3) image"
+        )
+    if geometry is None and out.shape != image.shape:
+        raise UadbenchError(
+            f"transform {t.label} changed the image size {image.shape[:2]} → "
+            f"{out.shape[:2]} without a Geometry saying where the pixels went"
+        )
+    return out, geometry
+
+
+def predict_through(
+    model: Any,
+    t: Plugin,
+    image: np.ndarray,
+    prompts: PromptSet,
+    seed: int,
+    sid: str,
+    inst: Any = None,
+) -> tuple[np.ndarray, float]:
+    """``model``'s masks (P, H, W) of ``image`` seen through transform ``t`` (:func:`through`),
+    in the frame of ``image``, and the prediction's wall time: a transform that moves
+    pixels has the prompts mapped into its output and the masks mapped back."""
+    h, w = image.shape[:2]
+    image, geometry = through(t, image, seed, sid, inst)
+    t0 = time.time()
+    masks = model.predict(image, map_prompts(prompts, geometry))
+    secs = time.time() - t0
+    if geometry is not None:
+        masks = (
+            np.stack([geometry.mask_back(m, h, w) for m in masks])
+            if len(masks)
+            else (np.zeros((0, h, w), dtype=bool))
+        )
+    return masks, secs
+
+
 class EvalWorker:
-    """Holds one victim; evaluates the clean and adversarial images of a sample."""
+    """Holds one victim; evaluates the clean and adversarial images of a sample, each
+    through the run's transforms."""
 
     def __init__(
         self, spec: RunSpec, run_dir: Path, victim: Plugin, device: str = "cpu", dtype=torch.float32
@@ -400,50 +493,90 @@ class EvalWorker:
         self.data = RunData(spec, run_dir)
         self.victim = victim
         self.model = victim.cls(victim.config, device=device, dtype=dtype)
+        self._transforms: dict[str, Any] = {}
 
-    def run(self, sid: str, attacks: list[Plugin | None]) -> JobResult:
-        """Evaluate ``attacks`` (None = clean) on sample ``sid``: one shard each."""
+    def _transform(self, t: Plugin):
+        if t.hash not in self._transforms:
+            self._transforms[t.hash] = t.cls(t.config)
+        return self._transforms[t.hash]
+
+    def predict(
+        self, t: Plugin, image: np.ndarray, prompts: PromptSet, sid: str
+    ) -> tuple[np.ndarray, float]:
+        """The victim's masks (P, H, W) of ``image`` seen through transform ``t``, in the
+        frame of ``image``, and the prediction's wall time (:func:`predict_through`)."""
+        return predict_through(
+            self.model, t, image, prompts, self.data.spec.seed, sid, self._transform(t)
+        )
+
+    def run(self, sid: str, jobs: list[EvalJob | Plugin | None]) -> JobResult:
+        """Evaluate ``jobs`` ((transform, attack or None = clean); a bare attack is the
+        identity's) on sample ``sid``: one shard each. The reference of an image without
+        ground truth is the victim's clean prediction under the same transform."""
         res = JobResult()
         v = self.victim
+        ident = None
+        pairs: list[EvalJob] = []
+        for j in jobs:
+            if isinstance(j, tuple):
+                pairs.append(j)
+            else:
+                ident = ident or next(
+                    (t for t in self.data.spec.transforms if is_identity(t)), None
+                )
+                if ident is None:
+                    from .plan import resolve
 
-        def key(a):
-            return {"victim": v.label, "attack": a.label if a else CLEAN, "sample": sid}
+                    ident = resolve("transform", IDENTITY)
+                pairs.append((ident, j))
 
-        try:
-            sample = self.data.sample(sid)
-            prompts = self.data.prompts(sid)
-            t = time.time()
-            clean_masks = self.model.predict(sample.image, prompts)
-            clean_seconds = time.time() - t
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            res.failures += [self.data.fail("eval", key(a), exc) for a in attacks]
-            return res
-        if sample.has_gt:
-            ref, ref_kind = sample.masks[prompts.mask_index], "gt"
-        else:
-            ref, ref_kind = clean_masks, "clean"
-        for a in attacks:
+        def key(t, a):
+            k = {"victim": v.label, "attack": a.label if a else CLEAN, "sample": sid}
+            if not is_identity(t):
+                k["transform"] = t.label
+            return k
+
+        by_t: dict[str, list[EvalJob]] = defaultdict(list)
+        order: dict[str, Plugin] = {}
+        for t, a in pairs:
+            order.setdefault(t.hash, t)
+            by_t[t.hash].append((t, a))
+        adv_images: dict[str, np.ndarray] = {}  # read once, seen through every transform
+        for th, t in order.items():
+            todo = by_t[th]
             try:
-                if a is None:
-                    masks, secs = clean_masks, clean_seconds
-                else:
-                    adv_file = self.data.adv_file(a, sid)
-                    if not adv_file.exists():
-                        raise UadbenchError(
-                            f"no adversarial image for {a.label} (its attack job failed)"
-                        )
-                    t = time.time()
-                    masks = self.model.predict(load_png(adv_file), prompts)
-                    secs = time.time() - t
-                rows = self._rows(sid, a, prompts, iou(masks, ref), ref_kind, secs)
-                write_shard(self.data.shard_file(v, a, sid), rows)
-                res.done += 1
+                sample = self.data.sample(sid)
+                prompts = self.data.prompts(sid)
+                clean_masks, clean_seconds = self.predict(t, sample.image, prompts, sid)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                res.failures.append(self.data.fail("eval", key(a), exc))
+                res.failures += [self.data.fail("eval", key(t, a), exc) for _, a in todo]
+                continue
+            if sample.has_gt:
+                ref, ref_kind = sample.masks[prompts.mask_index], "gt"
+            else:
+                ref, ref_kind = clean_masks, "clean"
+            for _, a in todo:
+                try:
+                    if a is None:
+                        masks, secs = clean_masks, clean_seconds
+                    else:
+                        if a.key not in adv_images:
+                            adv_file = self.data.adv_file(a, sid)
+                            if not adv_file.exists():
+                                raise UadbenchError(
+                                    f"no adversarial image for {a.label} (its attack job failed)"
+                                )
+                            adv_images[a.key] = load_png(adv_file)
+                        masks, secs = self.predict(t, adv_images[a.key], prompts, sid)
+                    rows = self._rows(sid, a, prompts, iou(masks, ref), ref_kind, secs, t)
+                    write_shard(self.data.shard_file(v, a, sid, t), rows)
+                    res.done += 1
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    res.failures.append(self.data.fail("eval", key(t, a), exc))
         return res
 
     def _rows(
@@ -454,6 +587,7 @@ class EvalWorker:
         ious: np.ndarray,
         reference: str,
         seconds: float,
+        transform: Plugin | None = None,
     ) -> list[dict[str, Any]]:
         spec = self.data.spec
         base = {
@@ -468,6 +602,8 @@ class EvalWorker:
             "reference": reference,
             "seconds": seconds,
             "seed": spec.seed,
+            "transform": IDENTITY if is_identity(transform) else transform.label,
+            "transform_hash": "" if is_identity(transform) else transform.hash,
         }
         rows = []
         for i in range(len(prompts)):

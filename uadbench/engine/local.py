@@ -31,6 +31,7 @@ class Summary:
     seconds: float = 0.0
     images: int = 0
     sample_ids: list[str] = dataclasses.field(default_factory=list)
+    transforms: int = 1  # evaluation transforms: eval jobs = victims × transforms × …
 
     def record(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -44,9 +45,10 @@ class Summary:
             speed = f"{self.seconds:.1f} s wall ({rate:.2f} images/s)"
         else:
             speed = f"{self.seconds:.1f} s wall (nothing left to run)"
+        axis = f" ({self.transforms} transforms)" if self.transforms > 1 else ""
         return (
             f"attack jobs {self.attack_done} run + {self.attack_skipped} cached of {self.attack_jobs}; "
-            f"eval jobs {self.eval_done} run + {self.eval_skipped} done before of {self.eval_jobs}; "
+            f"eval jobs{axis} {self.eval_done} run + {self.eval_skipped} done before of {self.eval_jobs}; "
             f"{len(self.failures)} failed; {speed}"
         )
 
@@ -84,6 +86,7 @@ class LocalExecutor:
         plan = plan_jobs(data, only_failed=self.only_failed)
         s = self.summary
         s.sample_ids, s.images = plan.ids, len(plan.ids)
+        s.transforms = len(self.spec.transforms)
         s.attack_jobs, s.eval_jobs = plan.attack_total, plan.eval_total
         s.attack_skipped = plan.attack_total - plan.attack_pending
         s.eval_skipped = plan.eval_total - plan.eval_pending
@@ -102,8 +105,11 @@ class LocalExecutor:
             for victim, by_sample in plan.evals:
                 ew = EvalWorker(self.spec, self.run_dir, victim, self.device, self.dtype)
                 ew.data = data
+                desc = f"eval {victim.label}"
+                if len(self.spec.transforms) > 1:
+                    desc += f" × {len(self.spec.transforms)} transforms"
                 with progress_bar(
-                    sum(len(a) for a in by_sample.values()), f"eval {victim.label}", self.progress
+                    sum(len(a) for a in by_sample.values()), desc, self.progress
                 ) as bar:
                     for sid in plan.ids:
                         if sid in by_sample:

@@ -33,6 +33,7 @@ from ..victims import VICTIMS
 log = logging.getLogger(__name__)
 
 CLEAN = "clean"
+IDENTITY = "identity"
 
 #: ``--protocol``: "uadbench" (default: every setting at its own default) or "reference"
 #: (the reference implementation's behaviours, to reproduce the paper's table; see
@@ -252,6 +253,27 @@ def expand_victims(
     return victims, []
 
 
+def expand_transforms(text: str | None) -> list[Plugin]:
+    """``identity,jpeg:q=75,jpeg:q=50`` → configured transforms (duplicates dropped), in
+    the order given; empty or ``None`` → the identity transform alone (the default
+    evaluation). Unknown names and bad options fail here, before anything runs."""
+    specs = split_specs(text) if text and text.strip() else [IDENTITY]
+    if not specs:
+        raise ConfigError("--transforms needs names such as identity,jpeg:q=75")
+    return _dedupe([resolve("transform", s) for s in specs])
+
+
+def is_identity(transform: Plugin | None) -> bool:
+    """Whether ``transform`` leaves the image as it is (its rows keep the paths, labels
+    and identity of runs made before the transform axis existed)."""
+    return transform is None or transform.name == IDENTITY
+
+
+def transform_key(transform: Plugin | None) -> str:
+    """The directory key of a transform's rows: "" for identity (today's paths)."""
+    return "" if is_identity(transform) else transform.key
+
+
 def surrogate_first(victims: list[Plugin], surrogate: Plugin) -> list[Plugin]:
     """``--victims all`` in reading order: the surrogate first (its column is white-box,
     the others measure transfer), then the trained models, then those labelled as not
@@ -370,10 +392,18 @@ class RunSpec:
     prompt_config: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     skipped_victims: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     protocol: str = "uadbench"
+    #: the evaluation axis: each victim sees the clean and adversarial images through
+    #: each of these (the identity transform alone by default)
+    transforms: list[Plugin] = dataclasses.field(
+        default_factory=lambda: [resolve("transform", IDENTITY)]
+    )
 
     def identity(self) -> dict[str, Any]:
         """What must match for two invocations to share a run directory (the manifest
-        records it; ``protocol`` appears only when it is not the default)."""
+        records it; ``protocol`` appears only when it is not the default). Transforms are
+        not part of it: like victims, they are an evaluation axis merged into the
+        manifest, so ``eval RUN --transforms`` extends a run and a run made before
+        transforms existed keeps its identity and directory."""
         ident = {
             "dataset": {"name": self.dataset.name, "hash": self.dataset.hash},
             "seed": self.seed,

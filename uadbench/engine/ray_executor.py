@@ -71,9 +71,9 @@ import ray
 import torch
 
 from ..errors import ConfigError, UadbenchError
-from .jobs import AttackWorker, EvalWorker, JobResult, Plan, RunData, plan_jobs
+from .jobs import AttackWorker, EvalJob, EvalWorker, JobResult, Plan, RunData, plan_jobs
 from .local import Summary, progress_bar
-from .plan import CLEAN, Plugin, RunSpec
+from .plan import CLEAN, Plugin, RunSpec, is_identity
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +151,16 @@ class _ModelActor:
         res.done += len(sids) - len(todo)
         return res
 
-    def evaluate(self, victim: Plugin, sid: str, attacks: list[Plugin | None]) -> JobResult:
-        """Evaluate on ``victim`` the ``attacks`` (None = clean) of ``sid`` whose shard does
-        not exist yet."""
+    def evaluate(self, victim: Plugin, sid: str, jobs: list[EvalJob]) -> JobResult:
+        """Evaluate on ``victim`` the (transform, attack or None = clean) ``jobs`` of ``sid``
+        whose shard does not exist yet."""
         w = self._hold(
             _victim_key(victim),
             lambda: EvalWorker(self.spec, self.run_dir, victim, self.device, self.dtype),
         )
-        todo = [a for a in attacks if not w.data.evaluated(victim, a, sid)]
+        todo = [(t, a) for t, a in jobs if not w.data.evaluated(victim, a, sid, t)]
         res = w.run(sid, todo) if todo else JobResult()
-        res.done += len(attacks) - len(todo)
+        res.done += len(jobs) - len(todo)
         return res
 
 
@@ -318,6 +318,7 @@ class RayExecutor:
         data = RunData(self.spec, self.run_dir)
         plan = plan_jobs(data, only_failed=self.only_failed)
         s.sample_ids, s.images = plan.ids, len(plan.ids)
+        s.transforms = len(self.spec.transforms)
         s.attack_jobs, s.eval_jobs = plan.attack_total, plan.eval_total
         s.attack_skipped = plan.attack_total - plan.attack_pending
         s.eval_skipped = plan.eval_total - plan.eval_pending
@@ -339,6 +340,8 @@ class RayExecutor:
                 if eval_tasks:
                     self._start(min(slots, n_evals))
                     victims = _n(len(eval_tasks), "victim")
+                    if len(self.spec.transforms) > 1:
+                        victims += f" × {_n(len(self.spec.transforms), 'transform')}"
                     desc = f"eval ({victims}, {_n(len(self.actors), 'actor')})"
                     with progress_bar(plan.eval_pending, desc, self.progress) as bar:
                         self._drive(data, eval_tasks, bar, join_at=MIN_TASKS_TO_JOIN)
@@ -393,15 +396,20 @@ class RayExecutor:
             for sid in plan.ids:
                 if sid not in by_sample:
                     continue
-                attacks = by_sample[sid]
+                pending = by_sample[sid]
                 jobs = [
                     (
-                        {"victim": victim.label, "attack": a.label if a else CLEAN, "sample": sid},
-                        data.shard_file(victim, a, sid),
+                        {
+                            "victim": victim.label,
+                            "attack": a.label if a else CLEAN,
+                            "sample": sid,
+                            **({} if is_identity(t) else {"transform": t.label}),
+                        },
+                        data.shard_file(victim, a, sid, t),
                     )
-                    for a in attacks
+                    for t, a in pending
                 ]
-                tasks.append(_Task(model, "evaluate", (victim, sid, attacks), "eval", jobs))
+                tasks.append(_Task(model, "evaluate", (victim, sid, pending), "eval", jobs))
             out[model] = tasks
         return out
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UadbenchError
-from ..store.rundir import load_manifest, load_rows
+from ..store.rundir import load_manifest, load_unit_rows
 from ..store.schema import CLEAN
 from .leaderboard import METRICS
 from .stats import N_PERM, _pfmt, describe, family_tests, per_image, render_frame, small_n_warning
@@ -261,7 +261,7 @@ def check(
     Refuses (:class:`UadbenchError`) a baseline whose dataset, prompt protocol or
     reference masks differ from the run's. Returns ``(ok, table)`` (see
     :func:`check_rows`, whose keyword arguments it takes)."""
-    cur, base = load_rows(run_dir), load_rows(baseline_dir)
+    cur, base = load_unit_rows(run_dir), load_unit_rows(baseline_dir)
     why = comparable(load_manifest(baseline_dir), load_manifest(run_dir), base, cur)
     if why:
         raise UadbenchError(

@@ -69,11 +69,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..errors import UadbenchError
-    from ..store.rundir import load_manifest, load_rows
+    from ..store.rundir import load_manifest, load_unit_rows
     from .stats import all_pairs, compare_pairs, render_compare
 
     man = load_manifest(args.run)
-    rows = load_rows(args.run)
+    rows = load_unit_rows(args.run)  # (victim, transform) is the unit compared within
     if args.all:
         if args.a or args.b:
             raise UadbenchError("--all compares every pair of attacks; drop --a/--b")
@@ -167,6 +167,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         device=args.device,
         n_prompts=args.prompts,
         victims=_victims_arg(args.victims),
+        transform=args.transform,
     )
     print(f"wrote {path}")
     return 0
@@ -392,6 +393,11 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--attack", help="attack label (default uad, else the first)")
     p.add_argument("--victims", nargs="+", help="victims to show (default all)")
     p.add_argument("--prompts", type=int, default=3, help="prompts drawn per victim")
+    p.add_argument(
+        "--transform",
+        default=None,
+        help="draw what the victims saw through this transform of the run (e.g. jpeg:q=75)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", metavar="PNG")
     p.set_defaults(func=cmd_show)

@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UadbenchError
-from ..store.rundir import FAILURES, atomic_write_bytes, load_manifest, load_rows
-from ..store.schema import CLEAN
+from ..store.rundir import FAILURES, atomic_write_bytes, load_manifest, load_unit_rows
+from ..store.schema import CLEAN, IDENTITY, unit_label
 from .leaderboard import leaderboard_table, manifest_orders, render
 from .plots import figure_png, run_figures
 from .stats import compare_pairs, render_compare, render_frame
@@ -132,6 +132,20 @@ def settings_html(manifest: dict[str, Any]) -> str:
             ]
         )
         parts.append(f"<div class='scroll'>{render_frame(df, 'html', 'Victims')}</div>")
+    transforms = [t for t in manifest.get("transforms") or [] if isinstance(t, dict)]
+    if transforms:  # recorded once a transform other than identity was evaluated
+        df = pd.DataFrame(
+            [
+                {
+                    "transform": _label(t),
+                    "config hash": t.get("hash", ""),
+                    "settings": json.dumps(t.get("config", {}), sort_keys=True, default=str),
+                }
+                for t in transforms
+            ]
+        )
+        title = "Transforms (applied to clean and adversarial images before each victim)"
+        parts.append(f"<div class='scroll'>{render_frame(df, 'html', title)}</div>")
     inv = manifest.get("invocations") or []
     if inv:
         keys = ["started", "ended", "device", "host", "seconds", "attack_done", "eval_done"]
@@ -174,11 +188,13 @@ def failures_summary(run_dir: Path, rows: pd.DataFrame, manifest: dict[str, Any]
         except ValueError:
             continue
         k, err = rec.get("key", {}), str(rec.get("error", ""))
+        # the (victim, transform) unit, as the rows' ``victim`` reads (load_unit_rows)
+        unit = unit_label(str(k.get("victim")), k.get("transform", IDENTITY))
         if rec.get("phase") == "attack":
             if (k.get("attack"), k.get("sample")) not in attacked:
                 attack_fail.setdefault(str(k.get("attack")), {})[str(k.get("sample"))] = err
-        elif (k.get("victim"), k.get("attack"), k.get("sample")) not in have:
-            key = (str(k.get("victim")), str(k.get("attack")))
+        elif (unit, k.get("attack"), k.get("sample")) not in have:
+            key = (unit, str(k.get("attack")))
             eval_fail.setdefault(key, {})[str(k.get("sample"))] = err
     out = []
     for a, by in attack_fail.items():
@@ -235,7 +251,7 @@ def html_report(
     )
 
     run_dir = Path(run_dir)
-    manifest, rows = load_manifest(run_dir), load_rows(run_dir)
+    manifest, rows = load_manifest(run_dir), load_unit_rows(run_dir)
     aorder, vorder = manifest_orders(manifest)
     table = leaderboard_table(
         rows, attack_order=aorder, victim_order=vorder, metrics=metrics, alpha=alpha

@@ -638,13 +638,21 @@ def _latex(title, lead, labels, victims, cells, mlabel, notes) -> str:
 
 
 def manifest_orders(manifest: dict) -> tuple[list[str], list[str]]:
-    """(attack labels, victim labels) in the manifest's order."""
+    """(attack labels, victim labels) in the manifest's order; with transforms, the
+    victim labels are the (victim, transform) units (``victim``, ``victim | jpeg[q=75]``),
+    each victim's transforms side by side in the manifest's transform order."""
+    from ..store.schema import IDENTITY, unit_label
+
     attacks = [a["label"] if isinstance(a, dict) else str(a) for a in manifest.get("attacks", [])]
     victims = [
         (v.get("label") or v["name"]) if isinstance(v, dict) else str(v)
         for v in manifest.get("victims", [])
     ]
-    return attacks, victims
+    transforms = [
+        (t.get("label") or t["name"]) if isinstance(t, dict) else str(t)
+        for t in manifest.get("transforms") or [IDENTITY]
+    ]
+    return attacks, [unit_label(v, t) for v in victims for t in transforms]
 
 
 def _pool_key(man: dict, rows: pd.DataFrame) -> dict:
@@ -673,12 +681,12 @@ def runs_table(
     (attack, victim) in two of them. Otherwise :class:`UadbenchError`, or with ``split``
     one leaderboard per pool (a ``pool`` column names each), all best-marks one family.
     Valid-only prompts are judged by each pool's own clean rows."""
-    from ..store.rundir import load_manifest, load_rows
+    from ..store.rundir import load_manifest, load_unit_rows
 
     pools: dict[str, dict] = {}
     for run in runs:
         man = load_manifest(run)
-        rows = load_rows(run)
+        rows = load_unit_rows(run)
         if rows.empty:
             raise UadbenchError(f"no result rows in {run}; has the run finished any job?")
         key = json.dumps(_pool_key(man, rows), sort_keys=True, default=str)
@@ -770,14 +778,14 @@ def seeds_table(runs: Sequence, **kw) -> pd.DataFrame:
     (``<m>_seed_sd``, ddof 1) and ``n_seeds``. Runs that differ in anything else
     (dataset, prompts, surrogate, reference masks) are refused. Best marks are not made
     across seeds (each seed's run has its own, with ``leaderboard RUN``)."""
-    from ..store.rundir import load_manifest, load_rows
+    from ..store.rundir import load_manifest, load_unit_rows
 
     if len(runs) < 2:
         raise UadbenchError("--seeds needs the runs of at least two seeds")
     keys, seeds, tables = [], [], []
     for run in runs:
         man = load_manifest(run)
-        rows = load_rows(run)
+        rows = load_unit_rows(run)
         if rows.empty:
             raise UadbenchError(f"no result rows in {run}; has the run finished any job?")
         key = _pool_key(man, rows)

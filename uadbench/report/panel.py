@@ -164,15 +164,23 @@ def predict_masks(
     adv: np.ndarray,
     prompts: PromptSet,
     device: str = "cpu",
+    transform: Any = None,
+    seed: int = 0,
+    sample_id: str = "",
 ) -> dict[str, tuple[np.ndarray | None, np.ndarray | None, str]]:
     """Re-run each victim (by label: two settings of one model are two victims) on the
     clean and adversarial image for ``prompts``, configured from its manifest record.
 
     Returns label -> (clean masks (P, H, W) bool, adversarial masks, note); a victim
     that cannot be built (unknown, missing weights, bad config) gets ``(None, None,
-    reason)``. The only function here that builds models.
+    reason)``. The only function here that builds models. With ``transform`` (a
+    resolved transform Plugin), both images are seen through it as the run's evaluation
+    saw them (the draw of ``seed`` and ``sample_id``), masks in the images' own frame.
     """
-    from ..engine.plan import Plugin
+    from ..engine.jobs import predict_through
+    from ..engine.plan import Plugin, resolve
+
+    t = transform if transform is not None else resolve("transform", "identity")
 
     records = {}
     for v in manifest.get("victims", []):
@@ -186,7 +194,11 @@ def predict_masks(
                 raise UadbenchError(f"the run's manifest has no victim labelled {label!r}")
             p = Plugin.from_record("victim", rec)
             model = p.cls(p.config, device=device)
-            out[label] = (model.predict(clean, prompts), model.predict(adv, prompts), "")
+            out[label] = (
+                predict_through(model, t, clean, prompts, seed, sample_id)[0],
+                predict_through(model, t, adv, prompts, seed, sample_id)[0],
+                "",
+            )
         except UadbenchError as exc:
             log.warning("show: victim %s not run: %s", label, exc)
             out[label] = (None, None, str(exc))
@@ -423,6 +435,23 @@ def build_panel(
 
 
 # ----------------------------------------------------------------------------- show
+def _seen(t: Any, image: np.ndarray, seed: int, sample_id: str) -> np.ndarray:
+    """``image`` through transform ``t`` as the evaluation drew it; a transform that
+    moved pixels is sampled back into the original frame (nearest), as the masks are."""
+    from ..engine.jobs import through
+
+    out, g = through(t, image, seed, sample_id)
+    if g is None:
+        return out
+    h, w = image.shape[:2]
+    yi = np.rint((np.arange(h) + 0.5) * g.sy + g.ty - 0.5).astype(np.int64)
+    xi = np.rint((np.arange(w) + 0.5) * g.sx + g.tx - 0.5).astype(np.int64)
+    back = np.zeros_like(image)
+    vy, vx = (yi >= 0) & (yi < out.shape[0]), (xi >= 0) & (xi < out.shape[1])
+    back[np.ix_(vy, vx)] = out[np.ix_(yi[vy], xi[vx])]
+    return back
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x"
 
@@ -437,6 +466,7 @@ def show(
     n_prompts: int = 3,
     victims: Sequence[str] | None = None,
     max_side: int | None = 768,
+    transform: str | None = None,
 ) -> Path:
     """Write the panel of one sample and attack as PNG; returns its path.
 
@@ -455,6 +485,23 @@ def show(
             "no adversarial images; `show` needs a run made by `uadbench run`"
         )
     rows = _rundir.load_rows(run_dir)
+    tplug = None
+    if transform is not None:  # draw what the victims saw through this transform
+        from ..engine.plan import resolve
+
+        have = list(dict.fromkeys(rows["transform"]))
+        tplug = resolve("transform", transform)
+        if tplug.label not in have:
+            raise UadbenchError(
+                f"transform {tplug.label!r} has no rows in {run_dir}; it has: {', '.join(have)}"
+            )
+    all_rows, rows = rows, rows[rows["transform"] == (tplug.label if tplug else "identity")]
+    if rows.empty and not all_rows.empty:
+        have = ", ".join(dict.fromkeys(all_rows["transform"]))
+        raise UadbenchError(
+            f"{run_dir} has no rows under the identity transform; pick one with --transform "
+            f"({have})"
+        )
     srows = rows[rows["sample_id"] == str(sample_id)]
     if srows.empty:
         some = ", ".join(sorted(rows["sample_id"].unique())[:5])
@@ -501,7 +548,11 @@ def show(
     )
     chosen = select_prompts(arows[arows["victim"] == names[0]], n_prompts)
     prompts = prompts_from_rows(chosen)
-    masks = predict_masks(manifest, names, clean, adv, prompts, device)
+    masks = predict_masks(
+        manifest, names, clean, adv, prompts, device, tplug, int(first["seed"]), str(sample_id)
+    )
+    if tplug is not None:  # draw the images the victims saw, in the original frame
+        clean, adv = (_seen(tplug, im, int(first["seed"]), str(sample_id)) for im in (clean, adv))
     vms = []
     for v in names:
 
@@ -527,7 +578,10 @@ def show(
         gt_masks=gt,
         vmax=round(eps * 255, 2) if eps > 0 else None,
     )
-    out = Path(out) if out else run_dir / "panels" / f"{_slug(str(sample_id))}_{_slug(attack)}.png"
+    stem = f"{_slug(str(sample_id))}_{_slug(attack)}"
+    if tplug is not None and tplug.name != "identity":
+        stem += f"_{_slug(tplug.label)}"
+    out = Path(out) if out else run_dir / "panels" / f"{stem}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(panel).save(out)
     log.info("wrote %s", out)

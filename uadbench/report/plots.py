@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..store.rundir import load_manifest, load_rows
+from ..store.rundir import load_manifest, load_unit_rows
 from ..store.schema import CLEAN
 from .leaderboard import METRICS, leaderboard_table, manifest_orders
 
@@ -291,7 +291,7 @@ def _slug(s: str) -> str:
 def run_figures(run_dir: str | Path, metric: str = "asr50") -> dict[str, object]:
     """The run's figures by file stem: ``<metric>_bars``, ``transfer_matrix`` (when the
     run has clean rows) and ``<metric>_vs_eps`` (when an attack ran at several ε)."""
-    rows = load_rows(run_dir)
+    rows = load_unit_rows(run_dir)
     man = load_manifest(run_dir)
     order, vorder = manifest_orders(man)
     table = leaderboard_table(rows, attack_order=order, victim_order=vorder)

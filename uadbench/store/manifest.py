@@ -100,9 +100,14 @@ def open_manifest(
     victims: list[dict],
     seed: int,
     device: str,
+    transforms: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Create the manifest, or check an existing one is compatible and merge this
-    invocation's attacks and victims into it. Returns the manifest (already written)."""
+    invocation's attacks, victims and transforms into it. Returns the manifest (already
+    written). ``transforms`` (records) is stored only once a transform other than
+    identity was evaluated: a manifest without the key means the identity alone."""
+    transforms = list(transforms or [])
+    only_identity = all(t.get("name") == "identity" for t in transforms)
     path = Path(run_dir) / MANIFEST
     inv = {"started": now(), "argv": sys.argv, "host": socket.gethostname(), "device": device}
     if path.exists():
@@ -131,6 +136,15 @@ def open_manifest(
         _check_code(run_dir, man.get("victims", []), victims, "victim")
         man["attacks"] = _merge(man.get("attacks", []), attacks)
         man["victims"] = _merge(man.get("victims", []), victims)
+        if "transforms" in man or not only_identity:
+            _check_code(run_dir, man.get("transforms", []), transforms, "transform")
+            if "transforms" in man:
+                had = man["transforms"]
+            else:  # the run so far was evaluated under the identity alone
+                from ..engine.plan import resolve
+
+                had = [resolve("transform", "identity").record()]
+            man["transforms"] = _merge(had, transforms)
         man.setdefault("invocations", []).append(inv)
     else:
         man = {
@@ -148,6 +162,8 @@ def open_manifest(
             "git": _git_revision(),
             "invocations": [inv],
         }
+        if not only_identity:
+            man["transforms"] = transforms
     atomic_write_json(path, man)
     return man
 

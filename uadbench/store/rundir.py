@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RunDirError
-from .schema import COLUMNS, ROW_SCHEMA
+from .schema import COLUMNS, IDENTITY, LATE_COLUMNS, ROW_SCHEMA, unit_label
 
 MANIFEST = "manifest.json"
 ROWS = "rows"
@@ -61,9 +61,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     )
 
 
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    """``r`` on :data:`COLUMNS`; a late column it lacks (or holds as None / NaN, as a frame
+    made before the column existed does) takes its default (:data:`LATE_COLUMNS`)."""
+    out = {c: r.get(c) for c in COLUMNS}
+    for c, default in LATE_COLUMNS.items():
+        v = out[c]
+        if v is None or (isinstance(v, float) and v != v):
+            out[c] = default
+    return out
+
+
 def write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows (dicts with :data:`COLUMNS`) as one Parquet file, atomically."""
-    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=ROW_SCHEMA)
+    table = pa.Table.from_pylist([_row(r) for r in rows], schema=ROW_SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
@@ -82,7 +93,16 @@ def _compacted_of(shard: Path) -> Path:
 
 
 def _read(path: Path) -> pa.Table:
-    return pq.read_table(path, schema=ROW_SCHEMA)
+    """A row file as a :data:`ROW_SCHEMA` table; a file written before a column of
+    :data:`LATE_COLUMNS` existed reads with that column's default (``transform`` =
+    ``identity``: every earlier evaluation was on the image as it was)."""
+    table = pq.read_table(path, schema=ROW_SCHEMA)
+    for name, default in LATE_COLUMNS.items():
+        col = table.column(name)
+        if col.null_count:
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, pc.fill_null(col, default))
+    return table
 
 
 def row_tables(run_dir: str | Path) -> list[pa.Table]:
@@ -129,15 +149,46 @@ def load_rows(run_dir: str | Path) -> pd.DataFrame:
     return pa.concat_tables(tables).combine_chunks().to_pandas()
 
 
-def compacted_path(run_dir: str | Path, victim: str, attack_key: str) -> Path:
-    """The compacted row file of (victim, attack config): ``rows/<victim>/<attack>.parquet``."""
-    return Path(run_dir) / ROWS / _safe(victim) / f"{_safe(attack_key)}.parquet"
+def victim_dir(victim: str, transform_key: str = "") -> str:
+    """The directory name under ``rows/`` of a victim evaluated under a transform:
+    ``<victim>`` for the identity transform (``transform_key`` empty: the layout of every
+    run made before transforms existed), ``<victim>@<transform>-<hash>`` otherwise."""
+    return _safe(victim) + (f"@{_safe(transform_key)}" if transform_key else "")
 
 
-def compacted_samples(run_dir: str | Path, victim: str, attack_key: str) -> frozenset[str]:
+def as_units(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``victim`` holding the evaluation unit (victim, transform)
+    (:func:`~uadbench.store.schema.unit_label`: the victim's label under the identity,
+    ``<victim> | <transform>`` otherwise), so every table, test and pairing that goes by
+    ``victim`` treats each (victim, transform) as its own column and compares, pairs and
+    takes clean rows within it. Rows under the identity alone come back unchanged."""
+    if rows.empty or rows["transform"].eq(IDENTITY).all():
+        return rows
+    rows = rows.copy()
+    rows["victim"] = [unit_label(v, t) for v, t in zip(rows["victim"], rows["transform"])]
+    return rows
+
+
+def load_unit_rows(run_dir: str | Path) -> pd.DataFrame:
+    """:func:`load_rows` with (victim, transform) as the ``victim`` unit (:func:`as_units`):
+    what the reports read."""
+    return as_units(load_rows(run_dir))
+
+
+def compacted_path(
+    run_dir: str | Path, victim: str, attack_key: str, transform_key: str = ""
+) -> Path:
+    """The compacted row file of (victim, transform, attack config):
+    ``rows/<victim_dir>/<attack>.parquet`` (:func:`victim_dir`)."""
+    return Path(run_dir) / ROWS / victim_dir(victim, transform_key) / f"{_safe(attack_key)}.parquet"
+
+
+def compacted_samples(
+    run_dir: str | Path, victim: str, attack_key: str, transform_key: str = ""
+) -> frozenset[str]:
     """Sample ids (as file-name stems) whose rows are in the compacted file of (victim,
-    attack config); empty when there is none."""
-    path = compacted_path(run_dir, victim, attack_key)
+    transform, attack config); empty when there is none."""
+    path = compacted_path(run_dir, victim, attack_key, transform_key)
     if not path.exists():
         return frozenset()
     ids = pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()
@@ -236,7 +287,16 @@ def adv_path(
     )
 
 
-def shard_path(run_dir: str | Path, victim: str, attack_key: str, sample_id: str) -> Path:
-    """Row shard of one evaluation job (victim × attack config × sample); ``attack_key`` is
-    ``clean`` or ``<attack_name>-<hash>``."""
-    return Path(run_dir) / ROWS / _safe(victim) / _safe(attack_key) / f"{_safe(sample_id)}.parquet"
+def shard_path(
+    run_dir: str | Path, victim: str, attack_key: str, sample_id: str, transform_key: str = ""
+) -> Path:
+    """Row shard of one evaluation job (victim × transform × attack config × sample);
+    ``attack_key`` is ``clean`` or ``<attack_name>-<hash>``, ``transform_key`` empty for the
+    identity transform (:func:`victim_dir`)."""
+    return (
+        Path(run_dir)
+        / ROWS
+        / victim_dir(victim, transform_key)
+        / _safe(attack_key)
+        / f"{_safe(sample_id)}.parquet"
+    )

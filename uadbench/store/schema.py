@@ -21,6 +21,10 @@ reference     str    ``gt`` (ground-truth mask) or ``clean`` (victim's clean pre
 iou           float  IoU in % between the victim's mask and the reference mask
 seconds       float  wall time of the victim's prediction for the whole image
 seed          int    run seed
+transform     str    label of the transform applied to the clean and adversarial image before
+                     the victim (``identity``, ``jpeg[q=75]`` …); rows written before the
+                     transform axis existed lack the column and read as ``identity``
+transform_hash str   content hash of the transform config ("" for identity)
 """
 
 from __future__ import annotations
@@ -53,10 +57,26 @@ ROW_SCHEMA = pa.schema(
         ("iou", pa.float64()),
         ("seconds", pa.float64()),
         ("seed", pa.int64()),
+        ("transform", pa.string()),
+        ("transform_hash", pa.string()),
     ]
 )
 COLUMNS = [f.name for f in ROW_SCHEMA]
 CLEAN = "clean"
+IDENTITY = "identity"
+#: columns added after row files existed, with the value an older file's rows take
+LATE_COLUMNS = {"transform": IDENTITY, "transform_hash": ""}
+
+
+def unit_label(victim: str, transform: str = IDENTITY) -> str:
+    """The label of an evaluation unit (victim, transform) in tables and reports: the
+    victim's label under the identity transform (every run made before transforms
+    existed reads the same), ``<victim> | <transform>`` otherwise."""
+    return victim if transform in (IDENTITY, "", None) else f"{victim} | {transform}"
+
+
+#: the schema of row files written before :data:`LATE_COLUMNS` (committed baselines)
+LEGACY_ROW_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in LATE_COLUMNS])
 
 # Perturbation rows: one per adversarial image (attack job), beside the IoU rows under
 # <run>/perturbation/; the columns are defined in uadbench/eval/perturbation.py.
