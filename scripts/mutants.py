@@ -91,8 +91,17 @@ AREAS: dict[str, Area] = {
         },
         ("tests/test_attacks.py", "tests/test_uad.py"),
     ),
-    "stats": Area({"uadbench/report/stats.py": None}, ("tests/test_report_stats.py",)),
-    "check": Area({"uadbench/report/check.py": None}, ("tests/test_report_check.py",)),
+    # pure numpy/pandas/scipy: --noconftest keeps torch out (a mutant costs seconds)
+    "stats": Area(
+        {"uadbench/report/stats.py": None},
+        ("tests/test_report_stats.py", "tests/test_stats_pinned.py"),
+        ("--noconftest",),
+    ),
+    "check": Area(
+        {"uadbench/report/check.py": None},
+        ("tests/test_report_check.py", "tests/test_check_pinned.py"),
+        ("--noconftest",),
+    ),
 }
 
 # Binary operators are replaced by the arithmetic ones only (and / by //, truncation):
