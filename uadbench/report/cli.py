@@ -300,9 +300,11 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")
     p.add_argument(
         "--test",
-        choices=["sign-flip", "wilcoxon"],
-        default="sign-flip",
-        help="wilcoxon: signed-rank test of symmetry with the Hodges-Lehmann estimate "
+        choices=["sign-flip+bootstrap-t", "sign-flip", "wilcoxon"],
+        default="sign-flip+bootstrap-t",
+        help="default: sign-flip permutation test AND bootstrap-t must both reject; "
+        "sign-flip: the permutation test alone (too liberal for skewed differences); "
+        "wilcoxon: signed-rank test of symmetry with the Hodges-Lehmann estimate "
         "(an alternative; it does not test the mean)",
     )
     p.add_argument(
