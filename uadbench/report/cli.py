@@ -210,8 +210,8 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=_RAW,
         description="Rows = attacks (clean first), columns = victims. An attack is marked "
         "best in its column (* in the terminal, bold elsewhere) only where it is "
-        "significantly stronger than the runner-up (paired sign-flip test on per-image "
-        "means, Bonferroni over the columns tested). ASR@50 clean-correct counts only "
+        "significantly stronger than the runner-up (paired sign-flip test and bootstrap-t on "
+        "per-image means, Bonferroni over the columns tested). ASR@50 clean-correct counts only "
         "prompts whose clean mask was right. Runs that cannot be pooled (other dataset, "
         "prompts, surrogate, seed or reference masks) are refused, or shown side by side "
         "with --split. CSV is tidy: one line per (attack, victim [, split]).",
@@ -268,8 +268,8 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=_RAW,
         description="Per victim and metric: the mean over images of the per-image difference "
         "(delta > 0 means attack A is stronger: mIoU B - A, ASR A - B), a paired sign-flip "
-        "permutation test of it (exact up to 16 images, seeded Monte Carlo beyond), its "
-        "confidence interval by inverting the same test, and p adjusted over every line shown "
+        "permutation test of it (exact up to 16 images, seeded Monte Carlo beyond) and a "
+        "bootstrap-t, both of which must reject, the confidence interval by inverting them, and p adjusted over every line shown "
         "(Bonferroni by default: the intervals are simultaneous). Each line also shows the "
         "minimum detectable effect at 80%% power; a warning says when nothing could be "
         "significant. See docs/statistics.md.",
@@ -332,7 +332,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "mIoU, attacked - clean ASR@50) dropped significantly, or, with --what robustness, "
         "where a victim got worse (clean accuracy fell, or damage rose); also when a baseline "
         "pair is missing from RUN. Each line pairs the runs on their common images and tests "
-        "the mean per-image change one-sided (sign-flip permutation test), adjusted over "
+        "the mean per-image change one-sided (sign-flip test and bootstrap-t), adjusted over "
         "every line. A baseline with another dataset, prompt protocol or reference masks is "
         "refused. See docs/statistics.md.",
         epilog="examples:\n"
