@@ -236,7 +236,8 @@ def test_render_check_reads_the_numbers():
     want_delta = -np.arange(1.0, N).mean()
     assert row[7:11] == ["lower", "50.00", f"{50 + want_delta:.2f}", f"{want_delta:+.2f}"]
     assert row[11] == "≤" and row[13:15] == ["7", "(-1)"]
-    assert row[-1] == "REGRESSION"
+    assert row[-1] == "REGRESSION" and row[-2] == f"{line(t)['mde']:.2f}"
+    assert np.isfinite(line(t)["mde"])
     asr = lines[3].split()
     assert asr[7:11] == ["lower", "100.00", "100.00", "+0.00"] and asr[-1] == "ok"
     assert "one-sided (towards 'worse if')" in text
@@ -274,6 +275,15 @@ def test_render_check_signs_infinities_and_missing_lines():
     base5 = frame({("clean", "v"): imgs(80.0), ("uad", "v"): imgs(40.0)}).query("sample_id < 'i3'")
     t5 = C.check_rows(cur5, base5)[1]
     assert "— this check cannot fail on a regression" in C.render_check(t5)
+    # nothing dropped: no "left out" line (even for MISSING lines, whose count is 0)
+    assert "images left out" not in text
     empty = t.iloc[0:0].copy()
     empty.attrs = {}
     assert C.render_check(empty).splitlines()[0].split()[0] == "attack"
+
+
+def test_check_rows_takes_its_options_by_keyword_only():
+    cur, base = runs()
+    assert C.check_rows(current=cur, baseline=base)[0]
+    with pytest.raises(TypeError):
+        C.check_rows(cur, base, 0.05)
