@@ -91,15 +91,16 @@ AREAS: dict[str, Area] = {
         },
         ("tests/test_attacks.py", "tests/test_uad.py"),
     ),
-    # pure numpy/pandas/scipy: --noconftest keeps torch out (a mutant costs seconds)
+    # pure numpy/pandas/scipy: --noconftest keeps torch out (a mutant costs seconds); the
+    # pinned file first, since pytest -x stops at the first failure and it kills most
     "stats": Area(
         {"uadbench/report/stats.py": None},
-        ("tests/test_report_stats.py", "tests/test_stats_pinned.py"),
+        ("tests/test_stats_pinned.py", "tests/test_report_stats.py"),
         ("--noconftest",),
     ),
     "check": Area(
         {"uadbench/report/check.py": None},
-        ("tests/test_report_check.py", "tests/test_check_pinned.py"),
+        ("tests/test_check_pinned.py", "tests/test_report_check.py"),
         ("--noconftest",),
     ),
 }
