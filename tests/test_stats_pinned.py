@@ -548,3 +548,35 @@ def test_every_sign_pattern_is_listed_once():
     f, _ = S.sign_patterns(4, 0, np.random.default_rng(0))
     want = {tuple(bool(b) for b in p) for p in itertools.product((0, 1), repeat=4)}
     assert {tuple(r) for r in f} == want
+
+
+def test_defaults_and_keyword_only_options():
+    d = np.array([-2.0, -1.0, 0.5, 1.0, 3.0, -0.5, 2.0])
+    f = S.sign_flip(d)
+    b = S.bootstrap_t(d, n_boot=99)
+    for dist in (f, b, S.Both(f, b)):
+        for p in (dist.p_less, dist.p_greater):
+            assert p() == p(0.0) and p(1.0) != p(0.0) != p(-1.0)
+    assert (
+        S.Both(f, b).p_two_sided() == S.Both(f, b).p_two_sided(0.0) != S.Both(f, b).p_two_sided(1.0)
+    )
+    assert f.p_two_sided() == f.p_two_sided(0.0) != f.p_two_sided(-1.0)
+    with pytest.raises(TypeError):
+        S.family_tests([d], 0.05)
+    with pytest.raises(TypeError):
+        S.sign_flip(d, 99)
+    with pytest.raises(TypeError):
+        S.bootstrap_t(d, 99)
+    t = S.family_tests([np.arange(1.0, 9.0)])
+    assert t.attrs["alpha"] == 0.05 and t.attrs["correction"] == "bonferroni"
+    assert t.attrs["alternative"] == "two-sided" and t.attrs["seed"] == 0
+    assert t.attrs["draws"] == S.N_PERM == 9999
+
+
+def test_bootstrap_t_interval_at_the_smallest_attainable_level():
+    d = np.array([3.0, -1.0, 4.0, 1.5, 9.0, 2.0, -2.5])
+    b = S.bootstrap_t(d, n_boot=499, rng=np.random.default_rng(3))
+    assert b._k(0.003) == 0  # (1 + 0) / 500 <= 0.003 < 2 / 500
+    assert b.lower(0.003) == pytest.approx(b.estimate - b.t[-1] * b.se)
+    assert b.upper(0.003) == pytest.approx(b.estimate - b.t[0] * b.se)
+    assert b.p_greater(b.lower(0.003) - 1e-6) <= 0.003 < b.p_greater(b.lower(0.003) + 1e-6)
