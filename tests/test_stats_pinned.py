@@ -580,3 +580,31 @@ def test_bootstrap_t_interval_at_the_smallest_attainable_level():
     assert b.lower(0.003) == pytest.approx(b.estimate - b.t[-1] * b.se)
     assert b.upper(0.003) == pytest.approx(b.estimate - b.t[0] * b.se)
     assert b.p_greater(b.lower(0.003) - 1e-6) <= 0.003 < b.p_greater(b.lower(0.003) + 1e-6)
+
+
+def test_edges_of_levels_draws_and_formats():
+    assert S.sign_flip(np.array([])).min_p == 1.0
+    assert S.sign_flip(np.array([4.0])).min_p == 1.0
+    one = S.bootstrap_t(np.array([1.0, 3.0, 2.0]), n_boot=1, rng=np.random.default_rng(0))
+    assert one.draws == 1 and one._k(0.9) == 0
+    assert np.isfinite(one.lower(0.9)) or one.t[-1] == np.inf
+    assert one.upper(0.9) == pytest.approx(one.estimate - one.t[0] * one.se)
+    assert S.family_tests([np.arange(1.0, 9.0)], n_perm=100).attrs["draws"] == 800
+    assert S.family_tests([np.arange(1.0, 9.0)] * 2, n_perm=100).attrs["draws"] == 1600
+    t = _table()
+    for bad in ("bogus", "abc", "zzz"):
+        with pytest.raises(UadbenchError, match="unknown format"):
+            S.render_compare(t, bad)
+
+
+def test_a_line_without_common_images_renders_dashes():
+    rows = pd.DataFrame(
+        rows_of("a", A) + rows_of("b", B) + rows_of("a", A, "w") + rows_of("b", {"z": [1.0]}, "w"),
+        columns=COLUMNS,
+    )
+    t = S.compare(rows, "a", "b", metrics="miou")
+    assert t["n_images"].tolist() == [4, 0] and math.isnan(t["ci_level"].iloc[1])
+    body = S.render_compare(t).splitlines()
+    w = [ln for ln in body if ln.startswith("w ")][0].split()
+    assert w[1:4] == ["mIoU", "nan", "nan"] and w[5:9] == ["[–,", "–]", "–", "–"]
+    assert w[-2:] == ["n.s.", "–"]
