@@ -608,3 +608,57 @@ def test_a_line_without_common_images_renders_dashes():
     w = [ln for ln in body if ln.startswith("w ")][0].split()
     assert w[1:4] == ["mIoU", "nan", "nan"] and w[5:9] == ["[–,", "–]", "–", "–"]
     assert w[-2:] == ["n.s.", "–"]
+
+
+def test_more_edges_pinned():
+    # se exactly 1: the general end points, not the se = 0 shortcut
+    b = S.bootstrap_t(np.array([0.0, 2.0]), n_boot=199, rng=np.random.default_rng(0))
+    assert b.se == 1.0
+    assert b.lower(0.2) == pytest.approx(1.0 - b.t[199 - 1 - b._k(0.2)])
+    assert b.upper(0.2) == pytest.approx(1.0 - b.t[b._k(0.2)])
+    assert b.lower(0.2) != 1.0 or b.upper(0.2) != 1.0
+    # the empty sign-flip distribution: p = 1
+    assert S.sign_flip(np.array([])).p_greater() == 1.0
+    # default generator of the Monte Carlo patterns: seed 0
+    d = np.random.default_rng(5).normal(0.2, 1, S.EXACT_MAX + 4)
+    x = S.sign_flip(d, n_perm=200)
+    assert np.array_equal(x.t, S.sign_flip(d, n_perm=200, rng=np.random.default_rng(0)).t)
+    # Hodges-Lehmann with k = 0 (4 values at 90%): the lowest Walsh average
+    d4 = np.array([1.0, 4.0, 2.0, 8.0])
+    _, lo, hi = S.hodges_lehmann(d4, 0.1)
+    assert lo == 1.0 and hi == 8.0
+    # MDE with 2 images when the level allows it
+    t = S.family_tests([np.array([1.0, 3.0])], alpha=0.9)
+    assert t["min_p_adj"].iloc[0] == 0.5 and np.isfinite(t["mde"].iloc[0])
+    # n range over three sizes
+    attrs = dict(test=S.BOTH, draws=9, seed=0, correction="holm", family=3, alpha=0.05)
+    assert (
+        "n = 8–20 images"
+        in S.describe(attrs | {"alternative": "less"}, [8, 12, 20], estimand="E")[0]
+    )
+
+
+def test_strings_built_at_run_time_select_the_same_branches():
+    """Options arrive from argparse as fresh (non-interned) strings."""
+    wil, less = "".join(["wil", "coxon"]), "".join(["le", "ss"])
+    d = np.array([1.0, 3.0, -2.0, 5.0, 4.0, 0.5, 2.0, 6.0, -1.0, 3.5])
+    w = S.family_tests([d], test=wil)
+    assert w["estimate"].iloc[0] == pytest.approx(S.hodges_lehmann(d, 0.05)[0])
+    z = np.array([0.0, 2.0, 1.0])
+    assert S.signed_rank_p(z, less) == pytest.approx(1.0)
+    assert S.signed_rank_p(-z, less) == pytest.approx(0.25)
+
+
+def test_all_pairs_leaves_out_clean_whatever_the_names():
+    rows = pd.DataFrame(
+        rows_of("uad", A) + rows_of("clean", A) + rows_of("tap", A) + rows_of("aa", A),
+        columns=COLUMNS,
+    )
+    assert S.all_pairs(rows) == [("uad", "tap"), ("uad", "aa"), ("tap", "aa")]
+
+
+def test_single_line_title():
+    rows = pd.DataFrame(rows_of("a", A) + rows_of("b", B), columns=COLUMNS)
+    t = S.compare(rows, "a", "b", metrics="miou")
+    assert len(t) == 1
+    assert S.render_compare(t).splitlines()[0] == "a (a) vs b (b): delta > 0 means a is stronger"
