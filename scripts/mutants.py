@@ -235,8 +235,9 @@ def run_area(
                             continue
                         items.append(item)
                 db.add_work_items(items)
+            rerun: set[str] | None = None
             if rerun_survivors:  # run the survivors again (after new tests), keep the kills
-                _forget_survivors(db_path)
+                rerun = _forget_survivors(db_path)
             pending = sorted(
                 db.pending_work_items,
                 key=lambda w: (
@@ -246,6 +247,8 @@ def run_area(
                 ),
             )
             random.Random(seed).shuffle(pending)
+            if rerun is not None:  # only those: a capped session's unrun mutants stay unrun
+                pending = [w for w in pending if w.job_id in rerun]
             total = db.num_work_items
             print(
                 f"[{name}] {total} mutants, {len(pending)} to run, budget {budget_s / 60:.0f} min"
@@ -269,14 +272,18 @@ def run_area(
         os.environ.update(saved_env)
 
 
-def _forget_survivors(db_path: Path) -> None:
+def _forget_survivors(db_path: Path) -> set[str]:
+    """Delete the survivors' results; return their job ids (to run only those again)."""
     import sqlite3
 
     con = sqlite3.connect(db_path)
     with con:
-        n = con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+        q = "SELECT job_id FROM work_results WHERE test_outcome = 'SURVIVED'"
+        ids = {row[0] for row in con.execute(q)}
+        con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
     con.close()
-    print(f"[{db_path.stem}] {n} survivors to run again")
+    print(f"[{db_path.stem}] {len(ids)} survivors to run again")
+    return ids
 
 
 def collect(names: list[str], tag: str = "") -> dict:
