@@ -662,3 +662,31 @@ def test_single_line_title():
     t = S.compare(rows, "a", "b", metrics="miou")
     assert len(t) == 1
     assert S.render_compare(t).splitlines()[0] == "a (a) vs b (b): delta > 0 means a is stronger"
+
+
+def test_more_run_time_strings_and_levels():
+    holm_ = "".join(["ho", "lm"])
+    assert S.adjust([0.01, 0.02], holm_).tolist() == pytest.approx([0.02, 0.02])
+    rows = pd.DataFrame(rows_of("a", A) + rows_of("b", B), columns=COLUMNS)
+    uad = pd.DataFrame(rows_of("uad", A) + rows_of("tap", B), columns=COLUMNS)
+    with pytest.raises(UadbenchError, match="same attack"):
+        S.compare(uad, "uad", "".join(["u", "ad"]))  # equal, not identical, names
+    t = S.compare(rows, "a", "b", unit="".join(["pro", "mpt"]), pairing="prompt")
+    assert "n_prompts" in t.columns
+    d = np.arange(1.0, 11.0)
+    t = S.family_tests([d], alternative="".join(["le", "ss"]))
+    assert t["ci_low"].iloc[0] == -np.inf
+    # Holm with a line whose adjusted p is 1: its level is alpha / m
+    t = S.family_tests(
+        [d, np.array([1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 0.1, -0.1])], correction="holm"
+    )
+    assert t["p_adj"].iloc[1] == 1.0 and t["ci_level"].iloc[1] == pytest.approx(1 - 0.05 / 2)
+    # exactly EXACT_MAX images is still exact
+    attrs = dict(test="sign-flip", draws=9, seed=0, correction="holm", family=1, alpha=0.05)
+    text = S.describe(attrs | {"alternative": "less"}, [S.EXACT_MAX], estimand="E")[0]
+    assert "exact (all 2^n sign patterns)" in text
+    # the Wilcoxon interval uses twice the one-sided level (10 distinct values)
+    w10 = np.array([1.0, 3.1, -2.2, 5.3, 4.4, 0.55, 2.6, 6.7, -1.8, 3.9])
+    w = S.family_tests([w10], test="wilcoxon", alternative="greater")
+    assert w["ci_low"].iloc[0] == S.hodges_lehmann(w10, 0.1)[1]
+    assert S.hodges_lehmann(w10, 0.1)[1] != S.hodges_lehmann(w10, 0.15)[1]
