@@ -91,8 +91,18 @@ AREAS: dict[str, Area] = {
         },
         ("tests/test_attacks.py", "tests/test_uad.py"),
     ),
-    "stats": Area({"uadbench/report/stats.py": None}, ("tests/test_report_stats.py",)),
-    "check": Area({"uadbench/report/check.py": None}, ("tests/test_report_check.py",)),
+    # pure numpy/pandas/scipy: --noconftest keeps torch out (a mutant costs seconds); the
+    # pinned file first, since pytest -x stops at the first failure and it kills most
+    "stats": Area(
+        {"uadbench/report/stats.py": None},
+        ("tests/test_stats_pinned.py", "tests/test_report_stats.py"),
+        ("--noconftest",),
+    ),
+    "check": Area(
+        {"uadbench/report/check.py": None},
+        ("tests/test_check_pinned.py", "tests/test_report_check.py"),
+        ("--noconftest",),
+    ),
 }
 
 # Binary operators are replaced by the arithmetic ones only (and / by //, truncation):
@@ -155,7 +165,7 @@ def _equivalent() -> dict[str, str]:
     if EQUIVALENT.is_file():
         for line in EQUIVALENT.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
-                key, _, why = line.partition("  # ")
+                key, _, why = line.rpartition("  # ")  # a key may hold a code comment
                 out[key.strip()] = why.strip()
     return out
 
@@ -225,8 +235,9 @@ def run_area(
                             continue
                         items.append(item)
                 db.add_work_items(items)
+            rerun: set[str] | None = None
             if rerun_survivors:  # run the survivors again (after new tests), keep the kills
-                _forget_survivors(db_path)
+                rerun = _forget_survivors(db_path)
             pending = sorted(
                 db.pending_work_items,
                 key=lambda w: (
@@ -236,6 +247,8 @@ def run_area(
                 ),
             )
             random.Random(seed).shuffle(pending)
+            if rerun is not None:  # only those: a capped session's unrun mutants stay unrun
+                pending = [w for w in pending if w.job_id in rerun]
             total = db.num_work_items
             print(
                 f"[{name}] {total} mutants, {len(pending)} to run, budget {budget_s / 60:.0f} min"
@@ -259,14 +272,18 @@ def run_area(
         os.environ.update(saved_env)
 
 
-def _forget_survivors(db_path: Path) -> None:
+def _forget_survivors(db_path: Path) -> set[str]:
+    """Delete the survivors' results; return their job ids (to run only those again)."""
     import sqlite3
 
     con = sqlite3.connect(db_path)
     with con:
-        n = con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+        q = "SELECT job_id FROM work_results WHERE test_outcome = 'SURVIVED'"
+        ids = {row[0] for row in con.execute(q)}
+        con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
     con.close()
-    print(f"[{db_path.stem}] {n} survivors to run again")
+    print(f"[{db_path.stem}] {len(ids)} survivors to run again")
+    return ids
 
 
 def collect(names: list[str], tag: str = "") -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from uadbench.report.stats import family_tests, sign_flip, signed_rank_p
+from uadbench.report.stats import Both, bootstrap_t, family_tests, sign_flip, signed_rank_p
 
 ALPHA = 0.05
 
@@ -54,18 +54,24 @@ def benchmark(rng: np.random.Generator, n_img: int, scenario: str) -> np.ndarray
 
 
 def rates(scenario: str, n_img: int, sims: int, seed: int = 0) -> dict[str, float]:
-    """Share of simulated benchmarks in which each test rejects at ALPHA (two-sided):
-    sign-flip on mIoU and ASR@50 per-image differences, and the former Wilcoxon."""
+    """Share of simulated benchmarks in which each test rejects at ALPHA (two-sided): the
+    default test (sign-flip AND bootstrap-t) on mIoU and ASR@50 per-image differences,
+    the sign-flip test alone, the bootstrap-t alone and the former Wilcoxon test, on mIoU."""
     rng = np.random.default_rng(seed)
     cache: dict = {}
-    rej = np.zeros(3)
+    rej = np.zeros(5)
     for _ in range(sims):
         d = benchmark(rng, n_img, scenario)
         for j in range(2):
-            rej[j] += sign_flip(d[j], n_perm=1999, rng=rng, cache=cache).p_two_sided() <= ALPHA
-        rej[2] += signed_rank_p(d[0]) <= ALPHA
+            flip = sign_flip(d[j], n_perm=1999, rng=rng, cache=cache)
+            boot = bootstrap_t(d[j], n_boot=1999, rng=rng, cache=cache)
+            rej[j] += Both(flip, boot).p_two_sided() <= ALPHA
+            if j == 0:
+                rej[2] += flip.p_two_sided() <= ALPHA
+                rej[3] += min(1.0, 2 * min(boot.p_greater(), boot.p_less())) <= ALPHA
+        rej[4] += signed_rank_p(d[0]) <= ALPHA
     r = rej / sims
-    return {"miou": r[0], "asr50": r[1], "wilcoxon_miou": r[2]}
+    return dict(zip(("miou", "asr50", "flip_miou", "boot_miou", "wilcoxon_miou"), r))
 
 
 @pytest.mark.parametrize("n_img", [8, 15, 30])
@@ -76,22 +82,28 @@ def test_null_rejection_rate_is_near_alpha(n_img):
 
 
 @pytest.mark.parametrize("n_img", [15, 30])
-def test_equal_means_different_shapes_is_rarely_called_stronger(n_img):
-    """Equal means, skewed per-image differences (median > 0). No test of a mean is exact
-    under a skewed null with few images; the sign-flip test stays near alpha (simulated
-    0.07-0.08 at 15-50 images, see docs/statistics.md), while the former Wilcoxon test,
-    which tests symmetry rather than the mean, calls 'stronger' ever more often as images
-    are added."""
+def test_equal_means_different_shapes_is_called_stronger_at_most_at_alpha(n_img):
+    """Equal means, skewed per-image differences (median > 0) — issue 37. The sign-flip
+    test alone rejects too often here (its permutation distribution is symmetric; 0.074 /
+    0.062 at 15 / 30 images in docs/statistics.md), the former Wilcoxon test, a test of
+    symmetry, ever more often as images are added; the default, which needs the
+    bootstrap-t to agree, stays at most at alpha. 600 benchmarks: Monte Carlo SE of a
+    rate near 0.05 is 0.009; the seeded rates are ~0.03, two SEs below alpha."""
     r = rates("shape", n_img, sims=600, seed=100 + n_img)
     for m in ("miou", "asr50"):
-        assert r[m] <= 0.10, f"{n_img} images, {m}: 'stronger' in {r[m]:.3f}"
+        assert r[m] <= ALPHA, f"{n_img} images, {m}: 'stronger' in {r[m]:.3f}"
+    assert r["flip_miou"] > r["miou"], r  # the bootstrap-t is what fixes it
     if n_img >= 30:
-        assert r["wilcoxon_miou"] > 2 * r["miou"], r
+        assert r["wilcoxon_miou"] > 3 * r["miou"], r
 
 
-def test_power_against_a_real_effect():
-    r = rates("effect", 30, sims=300, seed=7)
-    assert r["miou"] >= 0.8 and r["asr50"] >= 0.8, r
+@pytest.mark.parametrize("n_img, floor", [(15, 0.75), (30, 0.95)])
+def test_power_against_a_real_effect(n_img, floor):
+    """b destroys 15 points more: the default test keeps most of the sign-flip test's
+    power (simulated 0.83 vs 0.86 at 15 images, docs/statistics.md)."""
+    r = rates("effect", n_img, sims=300, seed=7)
+    assert r["miou"] >= floor and r["asr50"] >= floor, r
+    assert r["miou"] <= r["flip_miou"]  # both must reject: never more power than one
 
 
 def test_family_wise_error_over_a_benchmark():
@@ -111,12 +123,19 @@ def test_family_wise_error_over_a_benchmark():
 
 
 if __name__ == "__main__":  # the table of docs/statistics.md
-    print("| scenario | images | sign-flip mIoU | sign-flip ASR@50 | former Wilcoxon mIoU |")
-    print("|---|---|---|---|---|")
+    import sys
+
+    sims = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
+    print(f"{sims} simulated benchmarks per line, two-sided, alpha = {ALPHA}")
+    print(
+        "| scenario | images | default mIoU | default ASR@50 | sign-flip alone mIoU "
+        "| bootstrap-t alone mIoU | former Wilcoxon mIoU |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for scenario in ("null", "shape", "effect"):
         for n in (6, 8, 15, 30, 50):
-            r = rates(scenario, n, sims=4000, seed=n)
+            r = rates(scenario, n, sims=sims, seed=n)
             print(
-                f"| {scenario} | {n} | {r['miou']:.3f} | {r['asr50']:.3f} "
-                f"| {r['wilcoxon_miou']:.3f} |"
+                f"| {scenario} | {n} | {r['miou']:.3f} | {r['asr50']:.3f} | {r['flip_miou']:.3f} "
+                f"| {r['boot_miou']:.3f} | {r['wilcoxon_miou']:.3f} |"
             )

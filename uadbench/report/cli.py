@@ -211,8 +211,8 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=_RAW,
         description="Rows = attacks (clean first), columns = victims. An attack is marked "
         "best in its column (* in the terminal, bold elsewhere) only where it is "
-        "significantly stronger than the runner-up (paired sign-flip test on per-image "
-        "means, Bonferroni over the columns tested). ASR@50 clean-correct counts only "
+        "significantly stronger than the runner-up (paired sign-flip test and bootstrap-t on "
+        "per-image means, Bonferroni over the columns tested). ASR@50 clean-correct counts only "
         "prompts whose clean mask was right. Runs that cannot be pooled (other dataset, "
         "prompts, surrogate, seed or reference masks) are refused, or shown side by side "
         "with --split. CSV is tidy: one line per (attack, victim [, split]).",
@@ -269,8 +269,8 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=_RAW,
         description="Per victim and metric: the mean over images of the per-image difference "
         "(delta > 0 means attack A is stronger: mIoU B - A, ASR A - B), a paired sign-flip "
-        "permutation test of it (exact up to 16 images, seeded Monte Carlo beyond), its "
-        "confidence interval by inverting the same test, and p adjusted over every line shown "
+        "permutation test of it (exact up to 16 images, seeded Monte Carlo beyond) and a "
+        "bootstrap-t, both of which must reject, the confidence interval by inverting them, and p adjusted over every line shown "
         "(Bonferroni by default: the intervals are simultaneous). Each line also shows the "
         "minimum detectable effect at 80%% power; a warning says when nothing could be "
         "significant. See docs/statistics.md.",
@@ -301,9 +301,11 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--correction", choices=["bonferroni", "holm"], default="bonferroni")
     p.add_argument(
         "--test",
-        choices=["sign-flip", "wilcoxon"],
-        default="sign-flip",
-        help="wilcoxon: signed-rank test of symmetry with the Hodges-Lehmann estimate "
+        choices=["sign-flip+bootstrap-t", "sign-flip", "wilcoxon"],
+        default="sign-flip+bootstrap-t",
+        help="default: sign-flip permutation test AND bootstrap-t must both reject; "
+        "sign-flip: the permutation test alone (too liberal for skewed differences); "
+        "wilcoxon: signed-rank test of symmetry with the Hodges-Lehmann estimate "
         "(an alternative; it does not test the mean)",
     )
     p.add_argument(
@@ -331,7 +333,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "mIoU, attacked - clean ASR@50) dropped significantly, or, with --what robustness, "
         "where a victim got worse (clean accuracy fell, or damage rose); also when a baseline "
         "pair is missing from RUN. Each line pairs the runs on their common images and tests "
-        "the mean per-image change one-sided (sign-flip permutation test), adjusted over "
+        "the mean per-image change one-sided (sign-flip test and bootstrap-t), adjusted over "
         "every line. A baseline with another dataset, prompt protocol or reference masks is "
         "refused. See docs/statistics.md.",
         epilog="examples:\n"

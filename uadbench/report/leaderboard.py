@@ -15,8 +15,8 @@ terminal text, Markdown, LaTeX (booktabs), CSV or HTML.
 
 **Best** is claimed only where it is shown: in each column the top attack (lowest
 mIoU, highest ASR; ``clean`` never competes) is marked only when it is significantly
-stronger than the runner-up — a paired sign-flip permutation test of the mean over
-images of the per-image difference (:mod:`uadbench.report.stats`), two-sided, with
+stronger than the runner-up — a paired sign-flip permutation test and a bootstrap-t
+(both must reject) of the mean over images of the per-image difference (:mod:`uadbench.report.stats`), two-sided, with
 Bonferroni (or Holm) over every column tested. The mark is bold in Markdown/LaTeX/HTML
 and ``*`` in the terminal; CSV carries ``best_<metric>`` (the significant mark),
 ``top_<metric>`` (the top value, tested or not) and the test's p-values.
@@ -475,8 +475,8 @@ def _notes(table: pd.DataFrame, metrics: Sequence[str], show_n: bool) -> list[st
         n_txt = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}" if ns else "-"
         notes.append(
             "best (marked): the top attack of its column is significantly stronger than the "
-            "runner-up: paired sign-flip permutation test of the mean over images of the "
-            f"per-image difference, two-sided, unit of pairing: image, n = {n_txt} images; "
+            "runner-up: paired sign-flip permutation test and bootstrap-t (both must reject) "
+            "of the mean over images of the per-image difference, two-sided, unit of pairing: image, n = {n_txt} images; "
             f"family: {best.get('family', 0)} columns tested, {best.get('correction')} "
             f"correction, alpha = {best.get('alpha', 0.05):g}; unmarked columns: no attack is "
             "significantly stronger than the runner-up (clean never competes)"

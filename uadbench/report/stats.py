@@ -6,15 +6,28 @@ docs/statistics.md for what is tested, why, and the simulated error rates.
 
 The estimand of a comparison is the **mean over images of a per-image difference**:
 for mIoU the per-image mean IoU, for ASR@k the per-image share of destroyed masks (%).
-It is tested by a **paired sign-flip permutation test** of that mean (under the null
-the per-image differences are symmetric about 0, so flipping their signs leaves their
-distribution unchanged): exact over all 2^n sign patterns for n ≤ :data:`EXACT_MAX`
-images, Monte Carlo with a seeded generator otherwise. The confidence interval is the
-inversion of the same test with the same sign patterns (the set of shifts δ the test
-does not reject); its end points are order statistics of subset means of the
-differences, so the interval, the p-value and the direction always agree: the
-interval excludes 0 exactly when the p-value is below its level, and it always holds
-the estimate.
+By default (``test="sign-flip+bootstrap-t"``) a difference counts only when two tests
+of that mean both reject (an intersection-union test, p = the larger p):
+
+- a **paired sign-flip permutation test** (under exchangeability the per-image
+  differences are symmetric about 0, so flipping their signs leaves their distribution
+  unchanged): exact over all 2^n sign patterns for n ≤ :data:`EXACT_MAX` images, Monte
+  Carlo with a seeded generator otherwise. Exact under exchangeability, but its
+  permutation distribution is symmetric, so with equal means and skewed per-image
+  differences it rejects too often (0.074 at 15 images, docs/statistics.md);
+- a **studentized cluster bootstrap** (bootstrap-t over images), whose distribution
+  carries the skew. Studentizing the sign-flip statistic instead would change nothing:
+  for the one-sample problem t = mean/SE is a monotone function of the mean over the
+  sign-flip orbit (the sum of squares is invariant), so the "studentized permutation
+  test" of Janssen (1997) / Chung & Romano (2013), built for two-sample problems, is
+  here the same test.
+
+The confidence interval is the set of shifts δ that the combined test does not reject
+(the hull of the two tests' inverted intervals; the sign-flip end points are order
+statistics of subset means, the bootstrap-t ones mean − t*·SE), so the interval, the
+p-value and the direction always agree: the interval excludes 0 exactly when the
+p-value is below its level, and it always holds the estimate. ``test="sign-flip"``
+keeps the permutation test alone.
 
 Family-wise error: every line one call shows is one family (Bonferroni by default, so
 the printed interval is simultaneous; or Holm, whose interval is at the level Holm used
@@ -51,7 +64,9 @@ EXACT_MAX = 16
 #: Monte Carlo sign patterns beyond EXACT_MAX images (more when the family needs them)
 N_PERM = 9999
 CORRECTIONS = ("bonferroni", "holm")
-TESTS = ("sign-flip", "wilcoxon")
+#: the default: sign-flip AND bootstrap-t must both reject (see :func:`family_tests`)
+BOTH = "sign-flip+bootstrap-t"
+TESTS = (BOTH, "sign-flip", "wilcoxon")
 POWER = 0.8
 
 
@@ -209,6 +224,145 @@ def sign_flip(
     return SignFlip(float(d.mean()), n, exact, int(draws), int(draws - k.size), t, eps)
 
 
+# ----------------------------------------------------------------------------- bootstrap-t
+@dataclass
+class BootT:
+    """Studentized cluster bootstrap (bootstrap-t) of the mean of differences ``d``.
+
+    ``t`` holds the sorted resampled statistics t* = (mean* − mean) / se*, se the
+    standard error sd(d, ddof=1)/√n (a resample with se* = 0 gives ±inf, or 0 when its
+    mean equals the observed one). The test of H1 "mean > δ" rejects at level a when
+    (1 + #{t* ≥ t(δ)}) / (B + 1) ≤ a with t(δ) = (mean − δ) / se; t(δ) falls as δ rises,
+    so the δ it keeps form a half-line whose end is mean − t*·se for one order statistic
+    t* (:meth:`lower`, :meth:`upper`). Unlike the sign-flip distribution, which is
+    symmetric, the bootstrap distribution of t* carries the skew of the differences
+    (second-order accurate for the mean, Hall 1992).
+    """
+
+    estimate: float
+    se: float
+    draws: int  # B
+    t: np.ndarray  # sorted t*
+
+    def _t(self, delta: float) -> float:
+        diff = self.estimate - delta
+        if self.se > 0:
+            return diff / self.se
+        return 0.0 if diff == 0 else float(np.copysign(np.inf, diff))
+
+    def p_greater(self, delta: float = 0.0) -> float:
+        """p of H1 "mean > delta"."""
+        if self.draws == 0:
+            return 1.0
+        k = self.t.size - np.searchsorted(self.t, self._t(delta), side="left")
+        return float((1 + k) / (self.draws + 1))
+
+    def p_less(self, delta: float = 0.0) -> float:
+        """p of H1 "mean < delta"."""
+        if self.draws == 0:
+            return 1.0
+        k = np.searchsorted(self.t, self._t(delta), side="right")
+        return float((1 + k) / (self.draws + 1))
+
+    def _k(self, a: float) -> int:
+        """Largest count K of resamples with (1 + K)/(B + 1) ≤ a (−1: none)."""
+        return int(np.floor(a * (self.draws + 1) - 1 + 1e-9))
+
+    def lower(self, a: float) -> float:
+        """Smallest δ that the one-sided test of H1 "mean > δ" at level a keeps."""
+        k = self._k(a)
+        if self.draws == 0 or k < 0:
+            return -np.inf
+        if self.se == 0:
+            return self.estimate
+        return float(self.estimate - self.t[self.draws - 1 - k] * self.se)
+
+    def upper(self, a: float) -> float:
+        """Largest δ that the one-sided test of H1 "mean < δ" at level a keeps."""
+        k = self._k(a)
+        if self.draws == 0 or k < 0:
+            return np.inf
+        if self.se == 0:
+            return self.estimate
+        return float(self.estimate - self.t[k] * self.se)
+
+    @property
+    def min_p(self) -> float:
+        """Smallest attainable two-sided p."""
+        return min(1.0, 2.0 / (self.draws + 1)) if self.draws else 1.0
+
+
+def bootstrap_t(
+    d: np.ndarray,
+    *,
+    n_boot: int = N_PERM,
+    rng: np.random.Generator | None = None,
+    cache: dict | None = None,
+) -> BootT:
+    """The :class:`BootT` distribution of the differences ``d`` (one per image, resampled
+    with replacement). ``cache``: shared by the lines of one family, so lines with the
+    same n reuse one set of resampling counts. Fewer than 2 values: no resamples (every
+    p is 1, the interval unbounded)."""
+    d = np.asarray(d, dtype=np.float64)
+    n = d.size
+    if n < 2:
+        return BootT(float(d.mean()) if n else np.nan, np.nan, 0, np.empty(0))
+    cache = {} if cache is None else cache
+    key = ("boot", n)
+    if key not in cache:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        cache[key] = bootstrap_weights(n, n_boot, rng)
+    w = cache[key]
+    est = float(d.mean())
+    se = float(np.std(d, ddof=1) / np.sqrt(n))
+    m1 = np.einsum("ij,j->i", w, d) / n
+    m2 = np.einsum("ij,j->i", w, d * d) / n
+    se_b = np.sqrt(np.maximum(m2 - m1 * m1, 0.0) * (n / (n - 1)) / n)
+    num = m1 - est
+    tol = 1e-9 * (float(np.abs(d).max()) + 1.0)
+    num = np.where(np.abs(num) <= tol, 0.0, num)  # resamples whose mean is the observed one
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se_b > tol, num / np.where(se_b > tol, se_b, 1.0), np.sign(num) * np.inf)
+    t = np.nan_to_num(t, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    return BootT(est, se, int(w.shape[0]), np.sort(t))
+
+
+@dataclass
+class Both:
+    """Intersection-union of the sign-flip test and the bootstrap-t: a one-sided
+    hypothesis is rejected only when both reject it, so each one-sided p is the larger
+    of the two, and the interval of kept δ is the hull of the two intervals (the
+    sign-flip one always holds the estimate). Exact or conservative under
+    exchangeability (as the sign-flip test is), and near its level for a skewed null
+    with equal means (as the bootstrap-t is)."""
+
+    flip: SignFlip
+    boot: BootT
+
+    @property
+    def estimate(self) -> float:
+        return self.flip.estimate
+
+    def p_greater(self, delta: float = 0.0) -> float:
+        return max(self.flip.p_greater(delta), self.boot.p_greater(delta))
+
+    def p_less(self, delta: float = 0.0) -> float:
+        return max(self.flip.p_less(delta), self.boot.p_less(delta))
+
+    def p_two_sided(self, delta: float = 0.0) -> float:
+        return min(1.0, 2.0 * min(self.p_greater(delta), self.p_less(delta)))
+
+    def lower(self, a: float) -> float:
+        return min(self.flip.lower(a), self.boot.lower(a))
+
+    def upper(self, a: float) -> float:
+        return max(self.flip.upper(a), self.boot.upper(a))
+
+    @property
+    def min_p(self) -> float:
+        return max(self.flip.min_p, self.boot.min_p)
+
+
 def hodges_lehmann(d: np.ndarray, alpha: float) -> tuple[float, float, float]:
     """(pseudo-median, lo, hi): Hodges–Lehmann estimate and the (1 − alpha) interval of
     the Wilcoxon signed-rank test from order statistics of the Walsh averages (normal
@@ -270,7 +424,7 @@ def family_tests(
     correction: str = "bonferroni",
     n_perm: int = N_PERM,
     seed: int = 0,
-    test: str = "sign-flip",
+    test: str = BOTH,
     equivalence: float | None = None,
 ) -> pd.DataFrame:
     """One family of tests, one per array of per-image differences in ``diffs``.
@@ -286,7 +440,8 @@ def family_tests(
     the observed SD of the differences (t approximation); ``inf`` when the smallest
     attainable adjusted p ``min_p_adj`` is above ``alpha`` (nothing could be
     significant). Monte Carlo draws grow with the family so that ``min_p_adj`` stays
-    below alpha/10 where n allows it.
+    below alpha/10 where n allows it. ``test``: ``sign-flip+bootstrap-t`` (default; both
+    must reject, bootstrap resamples = sign-flip draws), ``sign-flip`` or ``wilcoxon``.
     """
     m = len(diffs)
     alts = [alternative] * m if isinstance(alternative, str) else list(alternative)
@@ -307,6 +462,8 @@ def family_tests(
     for i, d in enumerate(diffs):
         d = np.asarray(d, dtype=np.float64)
         dist = sign_flip(d, n_perm=draws, rng=rng, cache=cache) if d.size else None
+        if dist is not None and test == BOTH:
+            dist = Both(dist, bootstrap_t(d, n_boot=draws, rng=rng, cache=cache))
         dists.append(dist)
         if dist is None:
             continue
@@ -415,6 +572,13 @@ def describe(
             f"{unit} differences (NOT a test of the mean); estimate: Hodges–Lehmann pseudo-median"
         )
         ci = "CI: Walsh-average order statistics (normal approximation)"
+    elif attrs["test"] == BOTH:
+        test = (
+            f"paired sign-flip permutation test of the {estimand}, {how}, AND studentized "
+            f"bootstrap (bootstrap-t, {attrs['draws']} resamples of {unit}s, seed "
+            f"{attrs['seed']}): a difference counts only when both reject (p = the larger)"
+        )
+        ci = "CI: union of the two tests' inverted intervals"
     else:
         test = f"paired sign-flip permutation test of the {estimand}, {how}"
         ci = "CI: inversion of the same test (same sign patterns)"
@@ -488,7 +652,7 @@ def compare_pairs(
     seed: int = 0,
     alpha: float = 0.05,
     correction: str = "bonferroni",
-    test: str = "sign-flip",
+    test: str = BOTH,
     equivalence: float | None = None,
     unit: str = "image",
     pairing: str = "prompt",
