@@ -432,7 +432,8 @@ class _Recorder(Attack):
     def perturb(self, x, surrogate, ctx):
         self.got = x.clone()
         self.prompts = ctx.prompts
-        self.viewed = self.view(x + 0.02).clone()
+        probe = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 0.04
+        self.viewed = self.view(x + probe).clone()
         return x + 0.01
 
 
@@ -457,7 +458,9 @@ def test_model_space_perturbs_in_the_frame_and_maps_delta_back():
     close(out, x + 0.01)
     assert np.allclose(a.prompts[0].coords[0, :2], [4.0, 3.0])
     dy, dx = round_trip_matrix(6, 12, x.device), round_trip_matrix(8, 16, x.device)
-    close(a.viewed, small + dy @ torch.full_like(small, 0.02) @ dx.T)
+    probe = torch.rand(small.shape, generator=torch.Generator().manual_seed(0)) * 0.04
+    close(a.viewed, small + dy @ probe @ dx.T)
+    close(a.viewed, resample(x + resample(probe, (12, 16)), (6, 8)), atol=1e-4)  # the long way
     assert a._view is None  # restored
     # image space, an enlarging frame, or no frame: the image's own size
     for att, sur in [
@@ -808,6 +811,19 @@ def test_grid_and_initial_points():
     assert d[..., 0].max() == 59 and d[..., 1].max() == 39 and d.min() == 0
 
 
+@pytest.mark.parametrize("side", [40, 161])
+def test_ssim_deform_loss_is_the_librarys_on_unit_range_images(side):
+    from pytorch_msssim import ms_ssim, ssim
+
+    from uadbench.attacks.uad import ssim_deform_loss
+
+    x, y = img(b=2, h=side, w=side, seed=1), img(b=2, h=side, w=side, seed=2)
+    y = 0.7 * x + 0.3 * y
+    fn = ms_ssim if side >= 161 else ssim
+    close(ssim_deform_loss(x, y), fn(y, x, data_range=1.0, size_average=False), atol=1e-5)
+    close(ssim_deform_loss(x, x), torch.ones(2), atol=1e-5)
+
+
 def test_tps_identity_and_translation():
     x = img(b=1, h=10, w=12, seed=3)
     s = torch.tensor(grid_centres((10, 12), 3), dtype=torch.float32)[None]
@@ -978,3 +994,61 @@ def test_each_attacks_randomness_is_seeded_and_used(name):
     same = np.array_equal(runs[0], runs[2]) and np.array_equal(runs[0], runs[3])
     assert same == (name == "attack-sam")
     assert math.isfinite(float(np.abs(runs[0].astype(int) - ims[0]).max()))
+
+
+# ============================================================================ declared objectives
+def test_declared_objectives_against_plain():
+    x, t, pool = img(), Toy(img_size=30), FakePool()
+    ctx = ctx_for(x, seed=3, pool=pool)
+    xa = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    fa, fc = t.plain(xa, (1, 2)), t.plain(x, (1, 2))
+    close(
+        FeaturePGD().objective(t, x, ctx)(xa),
+        -sum((a - c).flatten(1).norm(dim=1) for a, c in zip(fa, fc)),
+    )
+
+    def pw(z):
+        return torch.sign(z) * z.abs() ** 0.5
+
+    for a, g in [(TAP(), 1.0), (ILPD(ILPDConfig(ilpd_gamma=0.25)), 0.25)]:
+        mixed = [g * p + (1 - g) * q for p, q in zip(fa, fc)]
+        exp = _plain_smooth(x, xa, 0.01, 4.0) - plain_stacked(
+            [pw(f) for f in mixed], [pw(f) for f in fc]
+        )
+        close(a.objective(t, x, ctx)(xa), exp, atol=1e-4)
+    targets = [pool.draw_image(plain_rng(3, [s], "target"), s) for s in ["s0", "s1"]]
+    t0 = Toy()  # runs at the image's own size: targets are resized to it
+    tf = _pool_feats(t0, targets, (12, 15), (1, 2))
+    for a in (AA(), PATA(), PATAPlusPlus()):
+        close(a.objective(t0, x, ctx)(xa), plain_stacked(t0.plain(xa, (1, 2)), tf))
+    p0 = PromptSet.from_lists(points=[(1.0, 2.0)])
+    sam_ctx = AttackContext(["a", "b"], prompts=[p0, p0])
+    exp = torch.stack([_plain_clip_mse(m, -10.0) for m in t.mask_logits(xa, [p0, p0])])
+    close(AttackSam().objective(t, x, sam_ctx)(xa), exp)
+    k = AttackSamK(AttackSamKConfig(k=5))
+    pts = [random_points(12, 15, 5, plain_rng(3, [s], "points")) for s in ["s0", "s1"]]
+    exp = torch.stack([_plain_clip_mse(m, -10.0) for m in t.point_group_logits(xa, pts)])
+    close(k.objective(t, x, ctx)(xa), exp)
+    kp = AttackSamK(AttackSamKConfig(k=5, mode="per-point"))
+    prm = [PromptSet.from_lists(points=[tuple(q) for q in p]) for p in pts]
+    exp = torch.stack([_plain_clip_mse(m, -10.0) for m in t.mask_logits(xa, prm)])
+    close(kp.objective(t, x, ctx)(xa), exp)
+    u = UAD(_uad_cfg())
+    with pytest.raises(RuntimeError):
+        u.objective(t, x, ctx)
+    u.perturb(x, t, ctx)
+    tgt = t.plain(u.last_state["deformed"], (1, 2))
+    close(u.objective(t, x, ctx)(xa), plain_tap_cos(fa, fc) - plain_tap_cos(fa, tgt))
+    # in the model frame: images are resized to the target's size
+    small = F.interpolate(x, (6, 8), mode="bilinear", antialias=True, align_corners=False)
+    u.last_state = {"deformed": small.flip(-1)}
+    fs = t.plain(
+        F.interpolate(xa, (6, 8), mode="bilinear", antialias=True, align_corners=False), (1, 2)
+    )
+    exp = plain_tap_cos(fs, t.plain(small, (1, 2))) - plain_tap_cos(
+        fs, t.plain(small.flip(-1), (1, 2))
+    )
+    close(u.objective(t, x, ctx)(xa), exp)
+    assert (
+        FeaturePGD.uses_randomness and not AttackSam.uses_randomness and AttackSamK.uses_randomness
+    )
