@@ -379,14 +379,15 @@ class _Shift(Attack):
         return x + self.d.to(x) / 255
 
 
-@pytest.mark.parametrize("eps,r", [(3 / 255, 3), (3.6 / 255, 3)])
+@pytest.mark.parametrize("eps,r", [(3 / 255, 3), (3.6 / 255, 3), (7.99 / 255, 7)])
 def test_saved_image_rounded_and_clipped_to_the_integer_budget(eps, r):
     d = torch.tensor([0.6, 1.4, -0.7, -2.2, 5.3, -9.0, 3.4, -3.3])
     clean = np.full((1, 8, 3), 100, np.uint8)
     clean[0, 4] = 254
     clean[0, 5] = 1
     out = _Shift(d.view(1, 1, 1, 8), AttackConfig(eps=eps))([clean], None, AttackContext(["a"]))[0]
-    exp = np.clip(clean.astype(int) + np.clip(np.round(d.numpy()), -r, r)[None, :, None], 0, 255)
+    moved = np.clip(np.round(np.clip(d.numpy(), -eps * 255, eps * 255)), -r, r)
+    exp = np.clip(clean.astype(int) + moved[None, :, None], 0, 255)
     # float ε: 3.4 → 3.4 (kept by the float clip) → rounds to 3; the integer clip catches 3.6
     assert out.dtype == np.uint8 and out.tolist() == exp.astype(np.uint8).tolist()
 
@@ -510,7 +511,7 @@ def test_resolve_taps():
     assert resolve_taps(t, ()) == (1, 2)
     assert resolve_taps(t, (0, 3)) == (0, 3)
     for bad in [(4,), (-1,), (0, 5)]:
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match=r"4 blocks \(0\.\.3\)"):
             resolve_taps(t, bad)
 
 
@@ -630,6 +631,19 @@ def test_tap_and_ilpd_losses(cls, gamma):
     exp = plain_stacked([pw(f) for f in fa], [pw(f) for f in fc]) - _plain_smooth(x, xa, 0.02, 4.0)
     close(got["loss"](xa), exp, atol=1e-4)
     assert encoder_frame(t, (12, 15)) == 30.0 and encoder_frame(Toy(), (12, 15)) == 15.0
+    # no input frame: the image's own long side, here its height (area 1)
+    tall, t0 = x.transpose(-1, -2).contiguous(), Toy()
+    a = cls(cfg)
+    got = capture(a)
+    a.perturb(tall, t0, ctx)
+    xt = tall + 0.03
+    fa, fc = t0.plain(xt, (0, 2)), t0.plain(tall, (0, 2))
+    if gamma is not None:
+        fa = [gamma * a_ + (1 - gamma) * c for a_, c in zip(fa, fc)]
+    exp = plain_stacked([pw(f) for f in fa], [pw(f) for f in fc]) - _plain_smooth(
+        tall, xt, 0.02, 1.0
+    )
+    close(got["loss"](xt), exp, atol=1e-4)
 
 
 def _pool_feats(t, ims, hw, taps):
@@ -724,6 +738,8 @@ def test_attack_sam_loss_and_prompts():
     )
     empty = a.loss(t, xa.requires_grad_(True), [PromptSet.from_lists()] * 2)
     assert empty.tolist() == [0.0, 0.0] and empty.requires_grad
+    black = torch.zeros_like(x, requires_grad=True)
+    assert a.loss(t, black, [PromptSet.from_lists()] * 2).tolist() == [0.0, 0.0]  # not NaN
     for bad in (AttackContext(["a", "b"]), AttackContext(["a", "b"], prompts=[p0])):
         with pytest.raises(ConfigError):
             a.perturb(x, t, bad)
@@ -806,9 +822,16 @@ def test_grid_and_initial_points():
     es = np.clip(cen + np.stack([n[1], n[0]], -1) * block * 0.3, 0, [59, 39])
     ed = np.clip(es + np.stack([n[3], n[2]], -1) * block * 0.2, 0, [59, 39])
     assert np.allclose(src, es) and np.allclose(dst, ed)
-    big = UADConfig(warp_size=2, num_split=2, dst_rand_range=50.0)
-    _, d = init_control_points((40, 60), big, np.random.default_rng(5))
-    assert d[..., 0].max() == 59 and d[..., 1].max() == 39 and d.min() == 0
+    big = UADConfig(warp_size=2, num_split=2, src_rand_range=50.0, dst_rand_range=50.0)
+    s, d = init_control_points((40, 60), big, np.random.default_rng(5))
+    for p in (s, d):
+        assert p[..., 0].max() == 59 and p[..., 1].max() == 39 and p.min() == 0
+    # blocks of a side the grid does not divide: fractions, per axis
+    src, _ = init_control_points((41, 63), cfg, np.random.default_rng(5))
+    g = np.random.default_rng(5)
+    n = [g.standard_normal((2, 4)) for _ in range(4)]
+    es = grid_centres((41, 63), 2)[None] + np.stack([n[1], n[0]], -1) * [31.5, 20.5] * 0.3
+    assert np.allclose(src, np.clip(es, 0, [62, 40]))
 
 
 @pytest.mark.parametrize("side", [40, 161])
