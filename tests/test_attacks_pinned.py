@@ -269,6 +269,9 @@ def test_attack_config_boundaries_and_defaults():
         (UADConfig, dict(warp_filter_stride=0)),
         (UADConfig, dict(ref_size=0)),
         (UADConfig, dict(deform_lr=0)),
+        (UADConfig, dict(warp_filter_stride=-1.0)),
+        (UADConfig, dict(ref_size=-1)),
+        (UADConfig, dict(deform_lr=-1.0)),
         (UADConfig, dict(eps=2.0)),
     ],
 )
@@ -366,6 +369,8 @@ def test_pgd_steps_by_alpha_and_projects_every_iterate(maximize):
     a.pgd(x, loss, steps=1, x_init=x + 1.0, maximize=maximize)
     close(seen[0], plain_project(x + 1.0, x, eps), atol=1e-6)
     close(a.pgd(x, loss, steps=0, x_init=x - 1.0), plain_project(x - 1.0, x, eps), atol=1e-6)
+    # the default direction is ascent (a plugin calling pgd(x, loss) maximises)
+    close(a.pgd(x, loss, steps=1), plain_project(x + alpha * c.sign(), x, eps), atol=1e-6)
 
 
 class _Shift(Attack):
@@ -381,14 +386,14 @@ class _Shift(Attack):
 
 @pytest.mark.parametrize("eps,r", [(3 / 255, 3), (3.6 / 255, 3), (7.99 / 255, 7)])
 def test_saved_image_rounded_and_clipped_to_the_integer_budget(eps, r):
-    d = torch.tensor([0.6, 1.4, -0.7, -2.2, 5.3, -9.0, 3.4, -3.3])
-    clean = np.full((1, 8, 3), 100, np.uint8)
+    d = torch.tensor([0.6, 1.4, -0.7, -2.2, 5.3, -9.0, 3.4, -3.3, 3.8, -3.8])
+    clean = np.full((1, 10, 3), 100, np.uint8)
     clean[0, 4] = 254
     clean[0, 5] = 1
-    out = _Shift(d.view(1, 1, 1, 8), AttackConfig(eps=eps))([clean], None, AttackContext(["a"]))[0]
+    out = _Shift(d.view(1, 1, 1, 10), AttackConfig(eps=eps))([clean], None, AttackContext(["a"]))[0]
     moved = np.clip(np.round(np.clip(d.numpy(), -eps * 255, eps * 255)), -r, r)
     exp = np.clip(clean.astype(int) + moved[None, :, None], 0, 255)
-    # float ε: 3.4 → 3.4 (kept by the float clip) → rounds to 3; the integer clip catches 3.6
+    # float ε = 3.6: 3.8 → 3.6 (the float clip) → rounds to 4 → the integer clip makes it 3
     assert out.dtype == np.uint8 and out.tolist() == exp.astype(np.uint8).tolist()
 
 
@@ -473,6 +478,7 @@ def test_model_space_perturbs_in_the_frame_and_maps_delta_back():
         att.perturb_in_space(x, sur, ctx)
         assert att.got.shape == x.shape and att.prompts[0] is p
     assert _Recorder().frame(_Framed((12, 8)), (12, 16)) == (12, 8)
+    assert _Recorder().frame(_Framed((6, 16)), (12, 16)) == (6, 16)  # shrinks one side only
 
 
 def test_reference_output_mode_saves_the_truncated_frame_image():
@@ -873,6 +879,19 @@ def _uad_cfg(**kw):
     return UADConfig(**{**base, **kw})
 
 
+def _plain_stage2(x, t, taps, tf, fc, steps, cfg):
+    """Signed descent on L_F from x; also the (detached) features of each iterate."""
+    xa, seen = x.clone(), []
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        fa = t.plain(xa, taps)
+        seen.append([f.detach() for f in fa])
+        lf = plain_tap_cos(fa, fc) - plain_tap_cos(fa, tf)
+        (gr,) = torch.autograd.grad(lf.sum(), xa)
+        xa = plain_project(xa.detach() - cfg.alpha * gr.sign(), x, cfg.eps)
+    return xa, seen
+
+
 def _plain_uad(a: UAD, x, t, ctx, taps=(1, 2)):
     """Stage 1 and 2 by hand, with the module's own warp (pinned above)."""
     cfg = a.config
@@ -890,7 +909,10 @@ def _plain_uad(a: UAD, x, t, ctx, taps=(1, 2)):
     dst.requires_grad_(True)
     opt = torch.optim.Adam([src, dst], lr=cfg.deform_lr * unit)
     std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
-    for _ in range(cfg.deform_epochs):
+    with torch.no_grad():
+        fc = t.plain(x, taps)
+    for epoch in range(cfg.deform_epochs):
+        last = epoch == cfg.deform_epochs - 1
         b, k = src.shape[:2]
         warped = tps_warp(x.repeat_interleave(k, 0), src.flatten(0, 1), dst.flatten(0, 1))
         warped = warped.view(b, k, *x.shape[1:])
@@ -898,22 +920,23 @@ def _plain_uad(a: UAD, x, t, ctx, taps=(1, 2)):
         ld = -((x - target_img).abs() * 255 / std).flatten(1).mean(1)
         mov = (dst - src) / unit
         lc = mov.std(dim=2).mean(dim=(1, 2)) - 0.5 * mov.std(dim=1).mean(dim=(1, 2))
+        loss = ld + cfg.control_loss_alpha * lc
+        if cfg.fidelity_grad and not last:
+            tg = t.plain(target_img, taps)
+            _, seen = _plain_stage2(
+                x, t, taps, [f.detach() for f in tg], fc, cfg.est_fidelity_iter, cfg
+            )
+            term = sum(-plain_tap_cos(fa, tg) for fa in seen)
+            loss = loss + cfg.fidelity_loss_alpha * term
         opt.zero_grad()
-        (ld + cfg.control_loss_alpha * lc).sum().backward()
+        loss.sum().backward()
         opt.step()
         with torch.no_grad():
             src[..., 0].clamp_(0, w - 1), src[..., 1].clamp_(0, h - 1)
             dst[..., 0].clamp_(0, w - 1), dst[..., 1].clamp_(0, h - 1)
     with torch.no_grad():
         tf = t.plain(target_img, taps)
-        fc = t.plain(x, taps)
-    xa = x.clone()
-    for _ in range(cfg.steps):
-        xa.requires_grad_(True)
-        fa = t.plain(xa, taps)
-        lf = plain_tap_cos(fa, fc) - plain_tap_cos(fa, tf)
-        (gr,) = torch.autograd.grad(lf.sum(), xa)
-        xa = plain_project(xa.detach() - cfg.alpha * gr.sign(), x, cfg.eps)
+    xa, _ = _plain_stage2(x, t, taps, tf, fc, cfg.steps, cfg)
     return src.detach(), dst.detach(), target_img.detach(), filt, xa
 
 
@@ -1075,3 +1098,45 @@ def test_declared_objectives_against_plain():
     assert (
         FeaturePGD.uses_randomness and not AttackSam.uses_randomness and AttackSamK.uses_randomness
     )
+
+
+def test_uad_points_stay_on_the_image_after_each_step():
+    """Adam's step (lr = deform_lr reference units) is clamped to [0, W−1] × [0, H−1]."""
+    x, t = img(b=1, h=16, w=20, seed=4), Toy()
+    a = UAD(_uad_cfg(deform_epochs=1, steps=0, deform_lr=5000.0, warp_size=3, num_split=3))
+    out = a.perturb(x, t, ctx_for(x, seed=1))
+    for p in (a.last_state["src"], a.last_state["dst"]):
+        assert p[..., 0].max() == 19 and p[..., 1].max() == 15 and p.min() == 0
+    assert torch.equal(out, x)  # no stage-2 step
+
+
+def test_uad_logs_its_losses_at_debug_level(caplog):
+    import logging
+
+    x, t = img(b=1, h=8, w=8), Toy()
+    with caplog.at_level(logging.DEBUG, logger="uadbench.attacks.uad"):
+        UAD(_uad_cfg(deform_epochs=1, steps=1)).perturb(x, t, ctx_for(x))
+    text = caplog.text
+    assert "uad epoch 0: L_D + λ_C L_C" in text and "uad uad/0 step 0: L_F" in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="uadbench.attacks.uad"):
+        UAD(_uad_cfg(deform_epochs=1, steps=1)).perturb(x, t, ctx_for(x))
+    assert "uad epoch" not in caplog.text
+
+
+@pytest.mark.parametrize("lam", [1.0, 3.0])
+def test_uad_fidelity_gradient_reaches_the_points_against_plain(lam):
+    x, t = img(b=1, h=16, w=20, seed=15), Toy()
+    ctx = ctx_for(x, seed=16)
+    cfg = _uad_cfg(deform_epochs=3, est_fidelity_iter=2, fidelity_grad=True)
+    a = UAD(
+        _uad_cfg(deform_epochs=3, est_fidelity_iter=2, fidelity_grad=True, fidelity_loss_alpha=lam)
+    )
+    a.perturb(x, t, ctx)
+    src, dst, target, _, _ = _plain_uad(a, x, t, ctx)
+    close(a.last_state["src"], src, atol=1e-4)
+    close(a.last_state["dst"], dst, atol=1e-4)
+    # and it changes them (else the test above would not see the term)
+    b = UAD(cfg.__class__(**{**cfg.__dict__, "fidelity_grad": False}))
+    b.perturb(x, t, ctx)
+    assert (b.last_state["src"] - a.last_state["src"]).abs().max() > 1e-3
