@@ -479,6 +479,7 @@ def test_model_space_perturbs_in_the_frame_and_maps_delta_back():
         assert att.got.shape == x.shape and att.prompts[0] is p
     assert _Recorder().frame(_Framed((12, 8)), (12, 16)) == (12, 8)
     assert _Recorder().frame(_Framed((6, 16)), (12, 16)) == (6, 16)  # shrinks one side only
+    assert _Recorder().frame(_Framed((14, 16)), (12, 16)) is None  # enlarges (or keeps) both
 
 
 def test_reference_output_mode_saves_the_truncated_frame_image():
@@ -691,8 +692,8 @@ def test_other_images_at_their_own_size_for_a_fixed_frame_surrogate():
     close(f[0], t.plain(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255, (1,))[0])
 
 
-@pytest.mark.parametrize("cls", [PATA, PATAPlusPlus])
-def test_pata_loss_dominance_sign_and_competitors(cls):
+@pytest.mark.parametrize("cls,fresh", [(PATA, False), (PATAPlusPlus, True)])
+def test_pata_loss_dominance_sign_and_competitors(cls, fresh):
     x, t, pool = img(), Toy(), FakePool(n=7)
     ctx = ctx_for(x, seed=8, pool=pool)
     a = cls(PATAConfig(pata_lambda=0.3))
@@ -706,7 +707,7 @@ def test_pata_loss_dominance_sign_and_competitors(cls):
     for k in range(3):
         xa = x + 0.01 * (k + 1)
         fa = t.plain(xa, (1, 2))
-        cf = _pool_feats(t, comps[k if cls.fresh_competitor else 0], (12, 15), (1, 2))
+        cf = _pool_feats(t, comps[k if fresh else 0], (12, 15), (1, 2))
         mix = [p + q for p, q in zip(fa, cf)]
         exp = plain_stacked(fa, tf) - 0.3 * (plain_tap_cos(fa, mix) - plain_tap_cos(cf, mix))
         close(got["loss"](xa), exp, atol=1e-4)
@@ -966,7 +967,8 @@ def test_uad_both_stages_against_plain():
 
 
 def test_uad_simulate_mi_and_di():
-    x, t = img(b=1, h=9, w=9, seed=13), Toy()
+    x, t = img(b=2, h=9, w=9, seed=13), Toy()
+    x[1] *= 0.3  # another gradient scale: MI's L1 normalisation is per image
     ctx = ctx_for(x, seed=14)
     taps = (1, 2)
     tf = t.plain(x.flip(-1), taps)
@@ -989,14 +991,14 @@ def test_uad_simulate_mi_and_di():
                     if cfg.di_units == "normalized"
                     else 1.0
                 )
-                noise = plain_randn(14, ["s0"], (3, 9, 9), f"s/di/{k}") * scale
+                noise = plain_randn(14, ["s0", "s1"], (3, 9, 9), f"s/di/{k}") * scale
                 if cfg.di_keep:
                     xa, noise = xa + noise, torch.zeros_like(x)
             xa = xa.detach().requires_grad_(True)
             fa = t.plain(xa + noise, taps)
             (gr,) = torch.autograd.grad((plain_tap_cos(fa, fc) - plain_tap_cos(fa, tf)).sum(), xa)
             if cfg.use_mi:
-                mom = cfg.mi_momentum * mom + gr / gr.abs().sum()
+                mom = cfg.mi_momentum * mom + gr / gr.abs().sum(dim=(1, 2, 3), keepdim=True)
                 gr = mom
             xa = plain_project(xa.detach() - cfg.alpha * gr.sign(), x, cfg.eps)
         close(out, xa, atol=1e-6)
@@ -1140,3 +1142,33 @@ def test_uad_fidelity_gradient_reaches_the_points_against_plain(lam):
     b = UAD(cfg.__class__(**{**cfg.__dict__, "fidelity_grad": False}))
     b.perturb(x, t, ctx)
     assert (b.last_state["src"] - a.last_state["src"]).abs().max() > 1e-3
+
+
+def test_tps_in_row_chunks_of_any_size(monkeypatch):
+    """The dense evaluation runs in chunks of at least one row, whatever the budget."""
+    import uadbench.attacks.uad as uad
+
+    x = img(b=1, h=7, w=9, seed=2)
+    s = torch.tensor(grid_centres((7, 9), 3), dtype=torch.float32)[None]
+    d = s + torch.randn(s.shape, generator=torch.Generator().manual_seed(3))
+    whole = tps_warp(x, s, d)
+    for elems in (1, 9 * 9 * 2):
+        monkeypatch.setattr(uad, "_CHUNK_ELEMS", elems)
+        close(tps_warp(x, s, d), whole, atol=1e-5)
+
+
+class _GlobalNoise(Attack):
+    """Draws from torch's global generator, as a careless plugin would."""
+
+    def perturb(self, x, surrogate, ctx):
+        return x + (torch.rand(x.shape) - 0.5) * 0.1
+
+
+def test_the_global_torch_generator_is_seeded_per_run_and_sample():
+    im = [np.full((4, 5, 3), 100, np.uint8)]
+    a = _GlobalNoise(AttackConfig(eps=0.1))
+    one, again = (a(im, None, AttackContext(["s"], seed=1))[0] for _ in range(2))
+    other = a(im, None, AttackContext(["s"], seed=2))[0]
+    other_id = a(im, None, AttackContext(["t"], seed=1))[0]
+    assert np.array_equal(one, again)
+    assert not np.array_equal(one, other) and not np.array_equal(one, other_id)
