@@ -1172,3 +1172,12 @@ def test_the_global_torch_generator_is_seeded_per_run_and_sample():
     other_id = a(im, None, AttackContext(["t"], seed=1))[0]
     assert np.array_equal(one, again)
     assert not np.array_equal(one, other) and not np.array_equal(one, other_id)
+    torch.manual_seed(int(plain_rng(1, ["s"], "torch").integers(0, 2**62)))
+    exp = to_uint8(torch.full((1, 3, 4, 5), 100 / 255) + (torch.rand(1, 3, 4, 5) - 0.5) * 0.1)
+    assert np.array_equal(one, exp[0])
+
+
+def test_declared_needs():
+    assert not Attack.uses_dataset and not Attack.uses_prompts and Attack.uses_randomness is None
+    assert AA.uses_dataset and PATA.uses_dataset and not FeaturePGD.uses_dataset
+    assert not UAD.uses_dataset and not TAP.uses_dataset and not AttackSam.uses_dataset
