@@ -308,6 +308,8 @@ def test_subclass_config_boundaries_and_defaults():
         1.0,
         1.0,
     )
+    assert u.skip_unused_estimates is True and u.deform_guidance == "patch"
+    assert not (u.fidelity_grad or u.use_di or u.di_keep or u.use_mi) and u.di_units == "normalized"
 
 
 # ============================================================================ base: shared parts
@@ -511,6 +513,9 @@ def test_feature_losses_against_plain():
     z = torch.tensor([-4.0, -0.25, 0.0, 0.25, 9.0])
     close(power_transform(z, 0.5), torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0]))
     close(power_transform(z, 1.0), z)
+    z.requires_grad_(True)
+    power_transform(z, 0.5).sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad[2] == 0
 
 
 def test_resolve_taps():
@@ -1152,7 +1157,7 @@ def test_tps_in_row_chunks_of_any_size(monkeypatch):
     s = torch.tensor(grid_centres((7, 9), 3), dtype=torch.float32)[None]
     d = s + torch.randn(s.shape, generator=torch.Generator().manual_seed(3))
     whole = tps_warp(x, s, d)
-    for elems in (1, 9 * 9 * 2):
+    for elems in (1, 3, 9 * 9 * 2):
         monkeypatch.setattr(uad, "_CHUNK_ELEMS", elems)
         close(tps_warp(x, s, d), whole, atol=1e-5)
 
