@@ -227,10 +227,11 @@ def run_area(
                             continue
                         items.append(item)
                 db.add_work_items(items)
+            again = None
             if rerun_survivors:  # run the survivors again (after new tests), keep the kills
-                _forget_survivors(db_path)
+                again = _forget_survivors(db_path)
             pending = sorted(
-                db.pending_work_items,
+                (w for w in db.pending_work_items if again is None or w.job_id in again),
                 key=lambda w: (
                     str(w.mutations[0].module_path),
                     w.mutations[0].operator_name,
@@ -261,14 +262,21 @@ def run_area(
         os.environ.update(saved_env)
 
 
-def _forget_survivors(db_path: Path) -> None:
+def _forget_survivors(db_path: Path) -> set[str]:
+    """Forget the survivors' results; their job ids (only they run again, not the mutants
+    a capped session never ran)."""
     import sqlite3
 
     con = sqlite3.connect(db_path)
     with con:
-        n = con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+        ids = {
+            r[0]
+            for r in con.execute("SELECT job_id FROM work_results WHERE test_outcome = 'SURVIVED'")
+        }
+        con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
     con.close()
-    print(f"[{db_path.stem}] {n} survivors to run again")
+    print(f"[{db_path.stem}] {len(ids)} survivors to run again")
+    return ids
 
 
 def collect(names: list[str], tag: str = "") -> dict:
