@@ -157,7 +157,7 @@ def _equivalent() -> dict[str, str]:
     if EQUIVALENT.is_file():
         for line in EQUIVALENT.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
-                key, _, why = line.partition("  # ")
+                key, _, why = line.rpartition("  # ")  # (a key may hold a code comment)
                 out[key.strip()] = why.strip()
     return out
 

@@ -388,11 +388,11 @@ class _Shift(Attack):
 
 @pytest.mark.parametrize("eps,r", [(3 / 255, 3), (3.6 / 255, 3), (7.99 / 255, 7)])
 def test_saved_image_rounded_and_clipped_to_the_integer_budget(eps, r):
-    d = torch.tensor([0.6, 1.4, -0.7, -2.2, 5.3, -9.0, 3.4, -3.3, 3.8, -3.8])
-    clean = np.full((1, 10, 3), 100, np.uint8)
+    d = torch.tensor([0.6, 1.4, -0.7, -2.2, 5.3, -9.0, 3.4, -3.3, 3.8, -3.8, 9.0])
+    clean = np.full((1, 11, 3), 100, np.uint8)
     clean[0, 4] = 254
     clean[0, 5] = 1
-    out = _Shift(d.view(1, 1, 1, 10), AttackConfig(eps=eps))([clean], None, AttackContext(["a"]))[0]
+    out = _Shift(d.view(1, 1, 1, 11), AttackConfig(eps=eps))([clean], None, AttackContext(["a"]))[0]
     moved = np.clip(np.round(np.clip(d.numpy(), -eps * 255, eps * 255)), -r, r)
     exp = np.clip(clean.astype(int) + moved[None, :, None], 0, 255)
     # float ε = 3.6: 3.8 → 3.6 (the float clip) → rounds to 4 → the integer clip makes it 3
@@ -1154,12 +1154,14 @@ def test_tps_in_row_chunks_of_any_size(monkeypatch):
     import uadbench.attacks.uad as uad
 
     x = img(b=1, h=7, w=9, seed=2)
-    s = torch.tensor(grid_centres((7, 9), 3), dtype=torch.float32)[None]
-    d = s + torch.randn(s.shape, generator=torch.Generator().manual_seed(3))
-    whole = tps_warp(x, s, d)
-    for elems in (1, 3, 9 * 9 * 2):
-        monkeypatch.setattr(uad, "_CHUNK_ELEMS", elems)
-        close(tps_warp(x, s, d), whole, atol=1e-5)
+    for grid in (2, 3):
+        s = torch.tensor(grid_centres((7, 9), grid), dtype=torch.float32)[None]
+        d = s + torch.randn(s.shape, generator=torch.Generator().manual_seed(3))
+        monkeypatch.setattr(uad, "_CHUNK_ELEMS", 1 << 19)
+        whole = tps_warp(x, s, d)
+        for elems in (1, 3, 5, 9 * 9 * 2):  # 1 row, 1 row, 1 row, 2 rows (3×3 grid)
+            monkeypatch.setattr(uad, "_CHUNK_ELEMS", elems)
+            close(tps_warp(x, s, d), whole, atol=1e-5)
 
 
 class _GlobalNoise(Attack):
@@ -1177,9 +1179,11 @@ def test_the_global_torch_generator_is_seeded_per_run_and_sample():
     other_id = a(im, None, AttackContext(["t"], seed=1))[0]
     assert np.array_equal(one, again)
     assert not np.array_equal(one, other) and not np.array_equal(one, other_id)
-    torch.manual_seed(int(plain_rng(1, ["s"], "torch").integers(0, 2**62)))
-    exp = to_uint8(torch.full((1, 3, 4, 5), 100 / 255) + (torch.rand(1, 3, 4, 5) - 0.5) * 0.1)
-    assert np.array_equal(one, exp[0])
+    for seed in range(1, 7):
+        got = a(im, None, AttackContext(["s"], seed=seed))[0]
+        torch.manual_seed(int(plain_rng(seed, ["s"], "torch").integers(0, 2**62)))
+        noise = (torch.rand(1, 3, 4, 5) - 0.5) * 0.1
+        assert np.array_equal(got, to_uint8(torch.full((1, 3, 4, 5), 100 / 255) + noise)[0])
 
 
 def test_declared_needs():
