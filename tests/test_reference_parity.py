@@ -5,6 +5,8 @@ the ``--protocol reference`` preset."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -324,12 +326,9 @@ def test_every_iterate_goes_through_the_view(sam, name):
     from uadbench.config import build_config
 
     cls = ATTACKS.get(name)
-    opts = {"steps": 3, "attack_space": "model"}
-    if name == "uad":
-        opts.update(deform_epochs=1)
-    if name == "attack-sam-k":
-        opts.update(k=10)
-    atk = cls(build_config(cls.Config, opts))
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    opts = {"steps": 3, "attack_space": "model", "deform_epochs": 1, "k": 10}
+    atk = cls(build_config(cls.Config, {k: v for k, v in opts.items() if k in fields}))
     calls = []
     view = atk.view
     atk.view = lambda z: (calls.append(z.requires_grad), view(z))[1]

@@ -61,6 +61,7 @@ class AttackSam(Attack):
     name = "attack-sam"
     Config = AttackSamConfig
     uses_prompts = True
+    uses_randomness = False
 
     def prompts_for(self, x: torch.Tensor, ctx: AttackContext) -> list[PromptSet]:
         """The prompts attacked, one :class:`PromptSet` per batch image."""
@@ -86,6 +87,11 @@ class AttackSam(Attack):
         prompts = self.prompts_for(x, ctx)
         scale = loss_scale(self.config.amp)
         return self.pgd(x, lambda xa: self.loss(surrogate, xa, prompts) * scale, maximize=False)
+
+    def objective(self, surrogate, clean: torch.Tensor, ctx: AttackContext):
+        """The minimised per-image ClipMSE of the attacked prompts' mask logits."""
+        prompts = self.prompts_for(clean, ctx)
+        return torch.no_grad()(lambda x: self.loss(surrogate, x, prompts))
 
 
 #: Attack-SAM-K prompt modes: the paper's one prompt of K points, or K one-point prompts
@@ -152,6 +158,7 @@ class AttackSamK(AttackSam):
     name = "attack-sam-k"
     Config = AttackSamKConfig
     uses_prompts = False
+    uses_randomness = True
 
     def points_for(self, x: torch.Tensor, ctx: AttackContext) -> list[np.ndarray]:
         """The K points of each batch image, (K, 2) XY pixels."""
@@ -185,3 +192,10 @@ class AttackSamK(AttackSam):
         return self.pgd(
             x, lambda xa: self.group_loss(surrogate, xa, points) * scale, maximize=False
         )
+
+    def objective(self, surrogate, clean: torch.Tensor, ctx: AttackContext):
+        """The minimised per-image ClipMSE of the K points' mask(s)."""
+        if self.config.mode == "per-point":
+            return super().objective(surrogate, clean, ctx)
+        points = self.points_for(clean, ctx)
+        return torch.no_grad()(lambda x: self.group_loss(surrogate, x, points))

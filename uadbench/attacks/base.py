@@ -214,6 +214,8 @@ class Attack(ABC):
     uses_prompts: ClassVar[bool] = False
     #: reads other images of the dataset through ``ctx.draw_image``
     uses_dataset: ClassVar[bool] = False
+    #: draws random numbers from the run seed (another seed → another image); None: undeclared
+    uses_randomness: ClassVar[bool | None] = None
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -229,6 +231,18 @@ class Attack(ABC):
     @abstractmethod
     def perturb(self, x: torch.Tensor, surrogate: Any, ctx: AttackContext) -> torch.Tensor:
         """Adversarial float images (B, 3, H, W) in [0, 1] for clean ``x`` of that shape."""
+
+    def objective(
+        self, surrogate: Any, clean: torch.Tensor, ctx: AttackContext
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What the attack optimises on ``surrogate``, declared by the attack itself so that
+        registry-wide tests (and reports) need no per-attack knowledge: a callable
+        ``score(x)`` → (B,) for float images x (B, 3, H, W) in [0, 1] of ``clean``'s shape,
+        LOWER when the attack did its job (a maximised loss is negated). Call it after the
+        attack ran on ``clean`` with ``ctx`` (UAD's target is the deformed image of that
+        run). Default None: not declared (e.g. a third-party plugin); tests then skip the
+        check that the adversarial image improves it."""
+        return None
 
     # ------------------------------------------------------------------ shared parts
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

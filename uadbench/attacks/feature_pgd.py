@@ -196,6 +196,7 @@ class FeatureAttack(Attack):
     """Base of the encoder-feature attacks: taps, autocast and a PGD on a per-image loss."""
 
     Config = FeaturePGDConfig
+    uses_randomness = True  # start noise, targets, competitors, control points
 
     def feats(self, surrogate, x: torch.Tensor, taps: Sequence[int]) -> list[torch.Tensor]:
         return surrogate_features(surrogate, x, taps, self.config.amp)
@@ -279,3 +280,9 @@ class FeaturePGD(FeatureAttack):
             True,
             x_init,
         )
+
+    def objective(self, surrogate, clean: torch.Tensor, ctx: AttackContext):
+        """−Σ_taps ‖f(x) − f(clean)‖₂ (the maximised distance, negated)."""
+        taps = resolve_taps(surrogate, self.config.taps)
+        ref = self.ref_feats(surrogate, clean, taps)
+        return lambda x: -feature_distance(self.ref_feats(surrogate, x, taps), ref)

@@ -116,6 +116,21 @@ class TAP(FeatureAttack):
 
         return self.run_pgd(x, loss, maximize=True, x_init=x_init)
 
+    def objective(self, surrogate, clean: torch.Tensor, ctx: AttackContext):
+        """−(‖T(mix(f(x))) − T(f(clean))‖₂ − smoothness): the maximised loss, negated."""
+        cfg = self.config
+        taps = resolve_taps(surrogate, cfg.taps)
+        ref = self.ref_feats(surrogate, clean, taps)
+        t_ref = [power_transform(f, cfg.tap_alpha) for f in ref]
+        frame = encoder_frame(surrogate, tuple(clean.shape[-2:]))
+
+        def score(x: torch.Tensor) -> torch.Tensor:
+            adv = self.ref_feats(surrogate, x, taps)
+            t_adv = [power_transform(self._mixed(a, c), cfg.tap_alpha) for a, c in zip(adv, ref)]
+            return self.smoothness(clean, x, frame) - stacked_distance(t_adv, t_ref)
+
+        return score
+
 
 @dataclasses.dataclass(frozen=True)
 class ILPDConfig(TAPConfig):
@@ -187,6 +202,13 @@ class AA(FeatureAttack):
         return self.run_pgd(
             x, lambda xa: stacked_distance(self.feats(surrogate, xa, taps), target), False
         )
+
+    def objective(self, surrogate, clean: torch.Tensor, ctx: AttackContext):
+        """‖f(x) − f(x_t)‖₂ to the drawn target (PATA's regulariser, with its random
+        competitors, is left out: the target distance is what the attack is for)."""
+        taps = resolve_taps(surrogate, self.config.taps)
+        target = self.target_features(surrogate, clean, ctx, taps)
+        return lambda x: stacked_distance(self.ref_feats(surrogate, x, taps), target)
 
 
 @dataclasses.dataclass(frozen=True)

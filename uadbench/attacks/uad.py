@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import AttackContext
+from .base import AttackContext, resample
 from .feature_pgd import (
     SAM_PIXEL_STD,
     FeatureAttack,
@@ -610,3 +610,16 @@ class UAD(FeatureAttack):
             "filter": filt,
         }
         return x_adv
+
+    def objective(self, surrogate, clean: torch.Tensor, ctx: AttackContext):
+        """Stage 2's minimised L_F towards the deformed target Î of the last run on ``clean``
+        (in its frame: images are resized to Î's size when the attack ran in the model's)."""
+        if "deformed" not in self.last_state:
+            raise RuntimeError("UAD.objective reads the target of a run: run the attack first")
+        target_img = self.last_state["deformed"]
+        taps = resolve_taps(surrogate, self.config.taps)
+        target = self.ref_feats(surrogate, target_img, taps)
+        ref = self.ref_feats(surrogate, resample(clean, target_img.shape[-2:]), taps)
+        return lambda x: fidelity_loss(
+            self.ref_feats(surrogate, resample(x, target_img.shape[-2:]), taps), target, ref
+        )
