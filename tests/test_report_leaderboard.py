@@ -304,6 +304,9 @@ def test_best_is_marked_only_where_significant_against_the_runner_up():
     tex = render(leaderboard_table(rows, metrics="miou"), "latex", "miou")
     assert tex.count(r"\textbf{") == 1 and r"\toprule" in tex and r"\bottomrule" in tex
     assert "significantly stronger than the runner-up" in tex
+    n_images = rows[["dataset", "sample_id"]].drop_duplicates().shape[0]
+    assert f"unit of pairing: image, n = {n_images} images;" in md
+    assert "{" not in md.split("significantly stronger")[1]  # no unformatted placeholder
 
 
 def test_clean_correct_asr_n_and_ci_per_cell():

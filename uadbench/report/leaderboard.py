@@ -476,7 +476,8 @@ def _notes(table: pd.DataFrame, metrics: Sequence[str], show_n: bool) -> list[st
         notes.append(
             "best (marked): the top attack of its column is significantly stronger than the "
             "runner-up: paired sign-flip permutation test and bootstrap-t (both must reject) "
-            "of the mean over images of the per-image difference, two-sided, unit of pairing: image, n = {n_txt} images; "
+            "of the mean over images of the per-image difference, two-sided, unit of pairing: "
+            f"image, n = {n_txt} images; "
             f"family: {best.get('family', 0)} columns tested, {best.get('correction')} "
             f"correction, alpha = {best.get('alpha', 0.05):g}; unmarked columns: no attack is "
             "significantly stronger than the runner-up (clean never competes)"
