@@ -93,6 +93,23 @@ AREAS: dict[str, Area] = {
         # (registry-wide, minutes a run) stays out of the per-mutant run
         ("tests/test_attacks_pinned.py", "tests/test_uad.py"),
     ),
+    # expectation over transformation (EOT) in the attacks' base: the draws, the transform
+    # applied where the evaluation applies it, the mean gradient, the aligned references
+    "eot": Area(
+        {
+            "uadbench/attacks/base.py": (
+                "_check_eot",
+                "eot_transforms",
+                "loss_grad",
+                "eot_apply",
+                "eot_reference",
+                "eot_draws",
+                "moved",
+                "_move",
+            ),
+        },
+        ("tests/test_eot.py",),
+    ),
     # pure numpy/pandas/scipy: --noconftest keeps torch out (a mutant costs seconds); the
     # pinned file first, since pytest -x stops at the first failure and it kills most
     "stats": Area(

@@ -167,3 +167,19 @@ def test_compare_all_and_leaderboard_options(tmp_path, capsys):
     assert r"\toprule" in tex and "12/72" in tex and "cluster bootstrap" in tex
     assert run(["leaderboard", str(base), "--by-size"]) == 0
     assert "object size" in capsys.readouterr().out
+
+
+def test_command_descriptions_print_no_doubled_percent_signs(capsys):
+    """A description is not %-formatted by argparse (help strings are): '%%' there prints
+    as '%%'."""
+    import pytest
+
+    from uadbench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "compare" in a.choices)
+    for name, p in sub.choices.items():
+        with pytest.raises(SystemExit):
+            p.parse_args(["--help"])
+        out = capsys.readouterr().out
+        assert "%%" not in out, name

@@ -270,9 +270,9 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Per victim and metric: the mean over images of the per-image difference "
         "(delta > 0 means attack A is stronger: mIoU B - A, ASR A - B), a paired sign-flip "
         "permutation test of it (exact up to 16 images, seeded Monte Carlo beyond) and a "
-        "bootstrap-t, both of which must reject, the confidence interval by inverting them, and p adjusted over every line shown "
-        "(Bonferroni by default: the intervals are simultaneous). Each line also shows the "
-        "minimum detectable effect at 80%% power; a warning says when nothing could be "
+        "bootstrap-t, both of which must reject, the confidence interval by inverting them, "
+        "and p adjusted over every line shown (Bonferroni by default: the intervals are "
+        "simultaneous). Each line also shows the minimum detectable effect at 80% power; a warning says when nothing could be "
         "significant. See docs/statistics.md.",
         epilog="examples:\n"
         "  uadbench compare results/run1 --a uad --b tap\n"
@@ -409,7 +409,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         help="figures: ASR@50 bars, transfer matrix, ASR-vs-eps curves (PDF, SVG, PNG)",
         formatter_class=_RAW,
         description="ASR@50 per victim (bars), damage per victim (clean mIoU - attacked mIoU, "
-        "heatmap) and, when an attack ran at several budgets, ASR@50 against eps with a 95%% "
+        "heatmap) and, when an attack ran at several budgets, ASR@50 against eps with a 95% "
         "image-bootstrap band; one colour per attack in every figure.",
         epilog="examples:\n  uadbench plot results/run1\n  uadbench plot results/sweep --out figs/"
         "\n  uadbench plot results/run1 --formats pdf --out paper/figs",
