@@ -291,3 +291,88 @@ def test_prompts_of_a_batch_with_a_prompt_less_image_get_their_own_image_s_draw(
         s = int((x[0].abs().sum((0, 1)) == 0).sum())
         moved = ctx.prompts[1].coords + np.array([s, 0.0, s, 0.0])
         assert np.allclose(coords, moved, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------- pinned
+class _Gain(Transform):
+    """A differentiable test transform: z -> k·z (exact torch path)."""
+
+    name = "gain-test"
+    differentiable = True
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = k
+
+    def apply(self, image, rng):
+        return image
+
+    def torch(self, x, rng):
+        return x * self.k
+
+
+def test_loss_grad_returns_the_mean_loss_and_the_mean_gradient_of_the_draws():
+    """eot=2 over [2·z, 3·z] on the loss Σ w·z: loss = 2.5·Σ w·x per image (the mean over
+    the draws, not over the batch) and gradient = 2.5·w (a mean, not a sum)."""
+    x = torch.rand(3, 3, 4, 5, requires_grad=True)
+    w = torch.randn(3, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    a = _Linear(AttackConfig(eot=2, eot_transforms=("identity",)), w)
+    a._eot = (2, [_Gain(2.0), _Gain(3.0)], [np.random.default_rng(i) for i in range(3)])
+    loss, g = a.loss_grad(x, lambda z: (z * w).flatten(1).sum(1))
+    want = 2.5 * (x.detach() * w).flatten(1).sum(1)
+    assert loss.shape == (3,) and torch.allclose(loss, want, atol=1e-5)
+    assert torch.allclose(g, 2.5 * w, atol=1e-6)
+
+
+def test_eot_draws_follow_the_documented_recipe():
+    """Per image: the transform order is whole permutations of the list drawn until there
+    are N, then N seeds in [0, 2**63) from the same generator — re-implemented here."""
+    ts = ["t0", "t1"]
+    a = _Linear(AttackConfig(eot=3, eot_transforms=("identity",)), None)
+    a._eot = (3, ts, [np.random.default_rng(5), np.random.default_rng(6)])
+    got = a.eot_draws()
+    want = []
+    for s in (5, 6):
+        rng = np.random.default_rng(s)
+        order = [int(i) for i in rng.permutation(2)] + [int(i) for i in rng.permutation(2)]
+        seeds = rng.integers(0, 2**63, size=3)
+        want.append([(ts[order[d]], int(seeds[d])) for d in range(3)])
+    assert got == [tuple(p[d] for p in want) for d in range(3)]
+
+
+class _Move(Transform):
+    """Shrinks nothing, only reports a Geometry (so the frame mapping can be read)."""
+
+    name = "move-test"
+
+    def torch_geometry(self, x, rng):
+        h, w = x.shape[-2:]
+        return x, [Geometry(0.5, 0.75, 8.0, 4.0, h, w)] * x.shape[0]
+
+
+def test_a_draw_s_geometry_is_carried_into_the_surrogate_s_frame():
+    """With attack_space=model the draw is applied at the image's own size (16×24) and the
+    result resized into the frame (8×6: fy = 0.5, fx = 0.25): a point p of the frame moves
+    to s·p + (fx·tx, fy·ty), the scales unchanged."""
+    a = _Linear(AttackConfig(eot=1, eot_transforms=("identity",)), None)
+    a._eot_full = (lambda z: z, (8, 6))
+    x = torch.rand(1, 3, 16, 24)
+    y, geos = a.eot_apply(x, ((_Move(), 0),))
+    assert y.shape[-2:] == (8, 6)
+    assert geos == [Geometry(0.5, 0.75, 8.0 * 0.25, 4.0 * 0.5, 8, 6)]
+
+
+def test_moved_prompt_sets_scale_then_shift_both_corners():
+    from uadbench.attacks.base import _move
+    from uadbench.eval.prompts import PromptSet
+
+    p = PromptSet(
+        np.array(["point", "box"]),
+        np.array([[4.0, 8.0, np.nan, np.nan], [2.0, 4.0, 6.0, 12.0]]),
+        np.array([0, 1]),
+        np.array([1, -1]),
+    )
+    q = _move(p, Geometry(0.5, 0.25, 3.0, 2.0, 10, 10))
+    want = np.array([[5.0, 4.0, np.nan, np.nan], [4.0, 3.0, 6.0, 5.0]])
+    np.testing.assert_allclose(q.coords, want)
+    assert list(q.kinds) == ["point", "box"] and list(q.labels) == [1, -1]
