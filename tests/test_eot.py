@@ -324,20 +324,21 @@ def test_loss_grad_returns_the_mean_loss_and_the_mean_gradient_of_the_draws():
     assert torch.allclose(g, 2.5 * w, atol=1e-6)
 
 
-def test_eot_draws_follow_the_documented_recipe():
+@pytest.mark.parametrize("n,k", [(3, 2), (6, 3)])  # N not / a multiple of the list's length
+def test_eot_draws_follow_the_documented_recipe(n, k):
     """Per image: the transform order is whole permutations of the list drawn until there
-    are N, then N seeds in [0, 2**63) from the same generator — re-implemented here."""
-    ts = ["t0", "t1"]
-    a = _Linear(AttackConfig(eot=3, eot_transforms=("identity",)), None)
-    a._eot = (3, ts, [np.random.default_rng(5), np.random.default_rng(6)])
+    are N (no more), then N seeds in [0, 2**63) from the same generator — re-implemented."""
+    ts = [f"t{i}" for i in range(k)]
+    a = _Linear(AttackConfig(eot=n, eot_transforms=("identity",)), None)
+    a._eot = (n, ts, [np.random.default_rng(5), np.random.default_rng(6)])
     got = a.eot_draws()
     want = []
     for s in (5, 6):
         rng = np.random.default_rng(s)
-        order = [int(i) for i in rng.permutation(2)] + [int(i) for i in rng.permutation(2)]
-        seeds = rng.integers(0, 2**63, size=3)
-        want.append([(ts[order[d]], int(seeds[d])) for d in range(3)])
-    assert got == [tuple(p[d] for p in want) for d in range(3)]
+        order = [int(i) for _ in range(-(-n // k)) for i in rng.permutation(k)]
+        seeds = rng.integers(0, 2**63, size=n)
+        want.append([(ts[order[d]], int(seeds[d])) for d in range(n)])
+    assert got == [tuple(p[d] for p in want) for d in range(n)]
 
 
 class _Move(Transform):
