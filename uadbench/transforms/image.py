@@ -33,6 +33,16 @@ def _pil(image: np.ndarray):
     return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
 
 
+def _encode_decode(image: np.ndarray, fmt: str, **options: Any) -> np.ndarray:
+    """``image`` saved by Pillow as ``fmt`` with ``options`` in memory and read back (RGB)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    _pil(image).save(buf, format=fmt, **options)
+    buf.seek(0)
+    return np.array(Image.open(buf).convert("RGB"))
+
+
 def _scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
     """(h, w) times ``scale``, rounded, at least one pixel."""
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
@@ -59,12 +69,7 @@ class JPEG(Transform):
     Config = JPEGConfig
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        _pil(image).save(buf, format="JPEG", quality=int(self.config.q))
-        buf.seek(0)
-        return np.array(Image.open(buf).convert("RGB"))
+        return _encode_decode(image, "JPEG", quality=int(self.config.q))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +102,7 @@ class WebP(Transform):
             )
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        _pil(image).save(buf, format="WEBP", quality=int(self.config.q), lossless=False)
-        buf.seek(0)
-        return np.array(Image.open(buf).convert("RGB"))
+        return _encode_decode(image, "WEBP", quality=int(self.config.q), lossless=False)
 
 
 # ----------------------------------------------------------------------------- resampling
