@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -204,3 +205,13 @@ def sign_noise_images(
         np.clip(im.astype(np.int16) + g.choice([-r, r], size=im.shape), 0, 255).astype(np.uint8)
         for im in images
     ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops: extra threads only spin on a shared machine. A test module gets it with
+    ``from attack_helpers import one_thread  # noqa: F401`` (an autouse fixture)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

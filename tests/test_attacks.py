@@ -13,6 +13,7 @@ from attack_helpers import (
     FakePool,
     TinyViTSurrogate,
     make_context,
+    one_thread,  # noqa: F401 (autouse: one torch thread)
     random_image,
     sign_noise_images,
     to_float,
@@ -41,14 +42,6 @@ def make_attack(name: str, **over):
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     opts = {k: v for k, v in {**FAST, **over}.items() if k in fields}
     return cls(build_config(cls.Config, opts, owner=name))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: extra threads only spin on a shared machine
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from attack_helpers import FakePool, make_context
+from attack_helpers import (
+    FakePool,
+    make_context,
+    one_thread,  # noqa: F401 (autouse: one torch thread)
+)
 
 from uadbench.attacks import ATTACKS
 from uadbench.attacks.attack_sam import (
@@ -89,14 +93,6 @@ from uadbench.errors import ConfigError
 from uadbench.eval.prompts import PromptSet
 
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ============================================================================ the toy surrogate

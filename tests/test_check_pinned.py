@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from row_helpers import prompt_rows
 
 from uadbench.errors import UadbenchError
 from uadbench.report import check as C
@@ -23,22 +24,9 @@ N = 8
 
 def frame(spec: dict[tuple[str, str], dict[str, list[float]]]) -> pd.DataFrame:
     """Rows from {(attack, victim): {image: [iou of each prompt]}}."""
-    rows = []
-    for (attack, victim), images in spec.items():
-        for sid, ious in images.items():
-            for j, x in enumerate(ious):
-                rows.append(
-                    dict.fromkeys(COLUMNS, 0)
-                    | {
-                        "dataset": "d",
-                        "sample_id": sid,
-                        "attack": attack,
-                        "victim": victim,
-                        "prompt_index": j,
-                        "reference": "gt",
-                        "iou": float(x),
-                    }
-                )
+    rows = [
+        r for (attack, victim), images in spec.items() for r in prompt_rows(attack, images, victim)
+    ]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -10,18 +10,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from attack_helpers import one_thread  # noqa: F401 (autouse: one torch thread)
 
 from uadbench.attacks.attack_sam import AttackSamK, AttackSamKConfig, random_points
 from uadbench.attacks.base import AttackContext
 from uadbench.victims import VICTIMS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,30 +14,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from row_helpers import prompt_rows
 
 from uadbench.errors import UadbenchError
 from uadbench.report import stats as S
 from uadbench.store.schema import COLUMNS
-
-
-def rows_of(attack: str, per_image: dict[str, list[float]], victim: str = "v") -> list[dict]:
-    out = []
-    for sid, ious in per_image.items():
-        for j, x in enumerate(ious):
-            out.append(
-                dict.fromkeys(COLUMNS, 0)
-                | {
-                    "dataset": "d",
-                    "sample_id": sid,
-                    "attack": attack,
-                    "victim": victim,
-                    "prompt_index": j,
-                    "prompt_kind": "point",
-                    "reference": "gt",
-                    "iou": x,
-                }
-            )
-    return out
 
 
 # ----------------------------------------------------------------------------- bootstrap-t
@@ -185,7 +166,7 @@ def test_destroyed_metric_values_and_per_image():
     assert S.destroyed([50.0, 50.5, 0.0, 100.0], 50).tolist() == [1.0, 0.0, 1.0, 0.0]
     assert S.metric_values(np.array([40.0, 60.0]), "miou").tolist() == [40.0, 60.0]
     assert S.metric_values(np.array([40.0, 60.0]), "asr50").tolist() == [100.0, 0.0]
-    rows = pd.DataFrame(rows_of("a", {"y": [10.0, 70.0, 30.0], "x": [90.0]}), columns=COLUMNS)
+    rows = pd.DataFrame(prompt_rows("a", {"y": [10.0, 70.0, 30.0], "x": [90.0]}), columns=COLUMNS)
     pi = S.per_image(rows, "miou")
     assert list(pi.index) == [("d", "x"), ("d", "y")]  # sorted
     assert pi["sum"].tolist() == [90.0, 110.0] and pi["n"].tolist() == [1.0, 3.0]
@@ -395,7 +376,7 @@ B = {"i0": [20.0, 40.0], "i1": [10.0], "i2": [30.0, 20.0, 60.0], "i3": [10.0, 20
 
 def test_compare_values_orientation_and_dropped_images(caplog):
     rows = pd.DataFrame(
-        rows_of("a", A | {"only_a": [5.0]}) + rows_of("b", B | {"only_b": [5.0]}),
+        prompt_rows("a", A | {"only_a": [5.0]}) + prompt_rows("b", B | {"only_b": [5.0]}),
         columns=COLUMNS,
     )
     with caplog.at_level(logging.WARNING, logger="uadbench.report.stats"):
@@ -413,7 +394,7 @@ def test_compare_values_orientation_and_dropped_images(caplog):
     assert t.loc["asr50", "delta"] == pytest.approx(asr_a - asr_b)
     assert t["n_images"].tolist() == [4, 4] and (t["stronger"] == "n.s.").all()
     caplog.clear()
-    rows2 = pd.DataFrame(rows_of("a", A) + rows_of("b", B), columns=COLUMNS)
+    rows2 = pd.DataFrame(prompt_rows("a", A) + prompt_rows("b", B), columns=COLUMNS)
     with caplog.at_level(logging.WARNING, logger="uadbench.report.stats"):
         S.compare(rows2, "a", "b")
     assert "left out" not in caplog.text
@@ -423,7 +404,7 @@ def test_compare_delta_sign_and_the_stronger_label():
     rng = np.random.default_rng(1)
     base = {f"i{k}": list(rng.uniform(50, 90, 3)) for k in range(20)}
     weak = {k: [x - 0.5 for x in v] for k, v in base.items()}  # b: 0.5 lower mIoU
-    rows = pd.DataFrame(rows_of("a", base) + rows_of("b", weak), columns=COLUMNS)
+    rows = pd.DataFrame(prompt_rows("a", base) + prompt_rows("b", weak), columns=COLUMNS)
     t = S.compare(rows, "a", "b", metrics="miou")
     assert t["delta"].iloc[0] == pytest.approx(-0.5)
     assert t["stronger"].iloc[0] == "b" and t["ci_high"].iloc[0] < 0
@@ -434,12 +415,12 @@ def test_compare_delta_sign_and_the_stronger_label():
 
 def test_compare_victims_pairs_and_refusals():
     rows = pd.DataFrame(
-        rows_of("a", A, "v1")
-        + rows_of("b", B, "v1")
-        + rows_of("a", A, "v2")
-        + rows_of("b", B, "v2")
-        + rows_of("c", B, "v2")
-        + rows_of("clean", A, "v2"),
+        prompt_rows("a", A, "v1")
+        + prompt_rows("b", B, "v1")
+        + prompt_rows("a", A, "v2")
+        + prompt_rows("b", B, "v2")
+        + prompt_rows("c", B, "v2")
+        + prompt_rows("clean", A, "v2"),
         columns=COLUMNS,
     )
     t = S.compare(rows, "a", "b", metrics="miou")
@@ -464,7 +445,7 @@ def test_compare_victims_pairs_and_refusals():
 
 # ----------------------------------------------------------------------------- renderers
 def _table(**kw):
-    rows = pd.DataFrame(rows_of("a", A) + rows_of("b", B), columns=COLUMNS)
+    rows = pd.DataFrame(prompt_rows("a", A) + prompt_rows("b", B), columns=COLUMNS)
     return S.compare(rows, "a", "b", **kw)
 
 
@@ -492,11 +473,13 @@ def test_render_compare_terminal_reads_the_numbers():
 
 def test_render_compare_columns_that_come_and_go():
     rows = pd.DataFrame(
-        rows_of("a", A) + rows_of("b", B) + rows_of("c", A | {"i4": [1.0], "i5": [3.0]}),
+        prompt_rows("a", A)
+        + prompt_rows("b", B)
+        + prompt_rows("c", A | {"i4": [1.0], "i5": [3.0]}),
         columns=COLUMNS,
     )
     rows = pd.concat(
-        [rows, pd.DataFrame(rows_of("b", {"i4": [50.0], "i5": [60.0]}), columns=COLUMNS)]
+        [rows, pd.DataFrame(prompt_rows("b", {"i4": [50.0], "i5": [60.0]}), columns=COLUMNS)]
     )
     t = S.compare_pairs(rows, [("a", "b"), ("b", "c")], metrics="miou", equivalence=5.0)
     text = S.render_compare(t)
@@ -599,7 +582,10 @@ def test_edges_of_levels_draws_and_formats():
 
 def test_a_line_without_common_images_renders_dashes():
     rows = pd.DataFrame(
-        rows_of("a", A) + rows_of("b", B) + rows_of("a", A, "w") + rows_of("b", {"z": [1.0]}, "w"),
+        prompt_rows("a", A)
+        + prompt_rows("b", B)
+        + prompt_rows("a", A, "w")
+        + prompt_rows("b", {"z": [1.0]}, "w"),
         columns=COLUMNS,
     )
     t = S.compare(rows, "a", "b", metrics="miou")
@@ -651,14 +637,17 @@ def test_strings_built_at_run_time_select_the_same_branches():
 
 def test_all_pairs_leaves_out_clean_whatever_the_names():
     rows = pd.DataFrame(
-        rows_of("uad", A) + rows_of("clean", A) + rows_of("tap", A) + rows_of("aa", A),
+        prompt_rows("uad", A)
+        + prompt_rows("clean", A)
+        + prompt_rows("tap", A)
+        + prompt_rows("aa", A),
         columns=COLUMNS,
     )
     assert S.all_pairs(rows) == [("uad", "tap"), ("uad", "aa"), ("tap", "aa")]
 
 
 def test_single_line_title():
-    rows = pd.DataFrame(rows_of("a", A) + rows_of("b", B), columns=COLUMNS)
+    rows = pd.DataFrame(prompt_rows("a", A) + prompt_rows("b", B), columns=COLUMNS)
     t = S.compare(rows, "a", "b", metrics="miou")
     assert len(t) == 1
     assert S.render_compare(t).splitlines()[0] == "a (a) vs b (b): delta > 0 means a is stronger"
@@ -667,8 +656,8 @@ def test_single_line_title():
 def test_more_run_time_strings_and_levels():
     holm_ = "".join(["ho", "lm"])
     assert S.adjust([0.01, 0.02], holm_).tolist() == pytest.approx([0.02, 0.02])
-    rows = pd.DataFrame(rows_of("a", A) + rows_of("b", B), columns=COLUMNS)
-    uad = pd.DataFrame(rows_of("uad", A) + rows_of("tap", B), columns=COLUMNS)
+    rows = pd.DataFrame(prompt_rows("a", A) + prompt_rows("b", B), columns=COLUMNS)
+    uad = pd.DataFrame(prompt_rows("uad", A) + prompt_rows("tap", B), columns=COLUMNS)
     with pytest.raises(UadbenchError, match="same attack"):
         S.compare(uad, "uad", "".join(["u", "ad"]))  # equal, not identical, names
     t = S.compare(rows, "a", "b", unit="".join(["pro", "mpt"]), pairing="prompt")

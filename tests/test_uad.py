@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from attack_helpers import TinyViTSurrogate, make_context, random_image, to_float
+from attack_helpers import (
+    TinyViTSurrogate,
+    make_context,
+    one_thread,  # noqa: F401 (autouse: one torch thread)
+    random_image,
+    to_float,
+)
 
 from uadbench.attacks.feature_pgd import SAM_PIXEL_STD, surrogate_features
 from uadbench.attacks.uad import (
@@ -25,14 +31,6 @@ from uadbench.attacks.uad import (
 )
 from uadbench.config import build_config
 from uadbench.errors import ConfigError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: extra threads only spin on a shared machine
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
