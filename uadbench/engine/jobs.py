@@ -541,12 +541,18 @@ class EvalWorker:
         for t, a in pairs:
             order.setdefault(t.hash, t)
             by_t[t.hash].append((t, a))
+        try:  # the sample and its prompts once, whatever the transforms
+            sample = self.data.sample(sid)
+            prompts = self.data.prompts(sid)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            res.failures += [self.data.fail("eval", key(t, a), exc) for t, a in pairs]
+            return res
         adv_images: dict[str, np.ndarray] = {}  # read once, seen through every transform
         for th, t in order.items():
             todo = by_t[th]
             try:
-                sample = self.data.sample(sid)
-                prompts = self.data.prompts(sid)
                 clean_masks, clean_seconds = self.predict(t, sample.image, prompts, sid)
             except KeyboardInterrupt:
                 raise
